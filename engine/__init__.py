@@ -1,0 +1,1 @@
+"""fathom.engine: plan capacity and build TensorRT-LLM engines from fathom checkpoints."""

@@ -1,0 +1,81 @@
+"""The executor interface shared by generate, chat, bench, serve and eval.
+
+Executors know only token ids. A caller submits `Request`s, then calls `step()` until nothing is
+pending; each step returns the `TokenEvent`s produced (one token per running request per decode
+step, with a timestamp). `cancel()` ends a request at the next step. This is the step-driven shape
+of vLLM's LLMEngine: a CLI drives it in a loop, a server drives it from one background thread.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Iterator, Protocol
+
+from fathom.build.config import ModelConfig
+
+from .sampling import SamplingParams
+
+
+@dataclass
+class Request:
+    request_id: str
+    prompt_ids: list[int]
+    params: SamplingParams = field(default_factory=SamplingParams)
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    request_id: str
+    token_id: int | None  # None only for a request finished without a new token (cancelled)
+    time_s: float  # time.perf_counter() when the token became available
+    finish_reason: str | None = None  # "stop" | "length" | "cancelled" on the request's last event
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass(frozen=True)
+class KVUsage:
+    used_tokens: int
+    capacity_tokens: int
+    bytes_per_token: int
+
+    @property
+    def used_fraction(self) -> float:
+        return self.used_tokens / self.capacity_tokens if self.capacity_tokens else 0.0
+
+
+class Executor(Protocol):
+    name: str
+    config: ModelConfig
+
+    def submit(self, request: Request) -> None: ...
+    def cancel(self, request_id: str) -> None: ...
+    def step(self) -> list[TokenEvent]: ...
+    def has_pending(self) -> bool: ...
+    def kv_usage(self) -> KVUsage: ...
+    def describe(self) -> dict:
+        """What the executor runs: device, dtype, precision, kernels/paths used (for run records)."""
+
+
+def stream(executor: Executor, requests: list[Request]) -> Iterator[TokenEvent]:
+    """Submit requests and yield their token events until all have finished."""
+    for r in requests:
+        executor.submit(r)
+    while executor.has_pending():
+        yield from executor.step()
+
+
+def finish_reason(token_id: int, generated: int, params: SamplingParams, eos_ids: list[int]) -> str | None:
+    """Why a request stops after emitting `token_id` as its `generated`-th token (None: go on)."""
+    if token_id in params.stop_token_ids or (not params.ignore_eos and token_id in eos_ids):
+        return "stop"
+    if generated >= params.max_new_tokens:
+        return "length"
+    return None
+
+
+def now() -> float:
+    return time.perf_counter()

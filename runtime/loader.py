@@ -1,0 +1,51 @@
+"""Load any MODEL source into the PyTorch executor's Qwen2Model."""
+
+from __future__ import annotations
+
+import torch
+
+from fathom.build.errors import ConfigError
+from fathom.build.sources import ModelSource
+from fathom.build.weight_map import IGNORED_HF_SUFFIXES, hf_shapes, trtllm_sources
+from fathom.build.weights import check_tensors
+
+from .model import Qwen2Model
+
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    try:
+        return TORCH_DTYPES[name]
+    except KeyError:
+        raise ConfigError(f"--dtype {name!r}: expected one of {', '.join(TORCH_DTYPES)}") from None
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def native_tensors_from_hf(source: ModelSource, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """HF-named tensors -> unsharded TRT-LLM-named tensors, validated against the config."""
+    tensors = source.hf_tensors(device=device)
+    check_tensors(tensors, hf_shapes(source.config), where=source.spec, ignored_suffixes=IGNORED_HF_SUFFIXES)
+    out = {}
+    for name, parts in trtllm_sources(source.config).items():
+        loaded = [tensors.get(p) for p in parts]
+        out[name] = loaded[0] if len(loaded) == 1 else torch.cat(loaded, dim=0)
+    return out
+
+
+def load_model(source: ModelSource, dtype: str = "float32", device: str | None = None,
+               max_seq_len: int = 16384) -> Qwen2Model:
+    device = device or default_device()
+    if source.kind in ("hf", "random"):
+        tensors = native_tensors_from_hf(source, device=device)
+    elif source.kind == "checkpoint":
+        from fathom.build.checkpoint import load_native_tensors
+
+        tensors = load_native_tensors(source.path)
+    else:
+        raise ConfigError(f"{source.spec}: the torch executor cannot run a TensorRT engine; "
+                          "pass the checkpoint it was built from, or use --executor trtllm")
+    return Qwen2Model.from_tensors(source.config, tensors, torch_dtype(dtype), device, max_seq_len)
