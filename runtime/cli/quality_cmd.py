@@ -1,0 +1,3 @@
+"""Commands (placeholder until implemented)."""
+
+COMMANDS: list = []
