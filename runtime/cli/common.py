@@ -17,3 +17,47 @@ def is_tty() -> bool:
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+
+
+def runtime_options(f):
+    """Options shared by commands that run a model: executor, dtype, device, tokenizer, context size."""
+    from fathom.runtime.executors import EXECUTORS
+
+    options = [
+        click.option("--executor", type=click.Choice(EXECUTORS), default="auto", show_default=True,
+                     envvar="FATHOM_EXECUTOR", help="auto: trtllm for an engine dir, torch otherwise."),
+        click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
+                     show_default=True, help="auto: bfloat16 on CUDA, float32 on CPU."),
+        click.option("--device", default=None, envvar="FATHOM_DEVICE", help="cpu, cuda, cuda:1 (default: cuda if available)."),
+        click.option("--tokenizer", type=click.Path(file_okay=False), default=None,
+                     help="Tokenizer directory when MODEL has none."),
+        click.option("--max-seq-len", type=click.IntRange(16), default=16384, show_default=True,
+                     help="KV cache capacity per sequence (prompt + output)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def resolve_dtype(dtype: str, device: str | None) -> tuple[str, str]:
+    from fathom.runtime.loader import default_device
+
+    device = device or default_device()
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    return dtype, device
+
+
+def open_runtime(model: str, executor: str, dtype: str, device: str | None, tokenizer: str | None,
+                 max_seq_len: int):
+    """Resolve MODEL, open the executor and the tokenizer. Returns (source, executor, tokenizer)."""
+    from fathom.build.sources import resolve_model
+    from fathom.runtime.chat import load_tokenizer
+    from fathom.runtime.executors import create_executor
+
+    source = resolve_model(model, tokenizer=tokenizer)
+    tok = load_tokenizer(source.tokenizer_dir, model)
+    dtype, device = resolve_dtype(dtype, device)
+    eos = source.config.eos_token_ids or ([tok.eos_token_id] if tok.eos_token_id is not None else [])
+    ex = create_executor(executor, source, dtype=dtype, device=device, max_seq_len=max_seq_len, eos_ids=eos)
+    return source, ex, tok
