@@ -1,0 +1,280 @@
+"""Build presets: what TensorRT-LLM should be told to build, per GPU x precision, sized for 16K.
+
+A preset is plain data (profiles/presets/<gpu>-<precision>.json) generated from the planner by
+profiles/make_presets.py. The same sizing runs on the fly for `fathom build --gpu NAME`. Choices
+follow REFERENCE.md s3 and tensorrt_llm/plugin/plugin.py (PluginConfig):
+- max_seq_len = max_input_len = 16384 (otherwise max_seq_len comes from max_position_embeddings,
+  131072, and max_input_len defaults to 1024); max_num_tokens and max_batch_size from the planner;
+- paged KV cache with paged context FMHA, which is what chunked context (a runtime switch) needs
+  to prefill prompts longer than max_num_tokens;
+- bf16: gemm_plugin "auto"; FP8: gemm_plugin disabled (recommended for FP8) and FP8 context FMHA.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+
+from fathom.build.config import ModelConfig, preset, read_json
+from fathom.build.errors import CheckpointError, ConfigError, PlanError
+
+from .gpus import GIB, GpuSpec, catalogue
+from .planner import Deployment, Plan, default_kv_cache, plan, require_fit
+
+PRESET_MODEL = "fathom-r1-14b"
+PRESET_SEQ_LEN = 16384
+TOKENS_PER_BLOCK = 32  # PluginConfig.tokens_per_block default
+TP_CHOICES = (1, 2, 4, 8)
+GENERATED_BY = "python profiles/make_presets.py (from fathom.engine.planner; regenerate, do not edit by hand)"
+
+QUANT_ALGO_TO_PRECISION = {None: "bf16", "FP8": "fp8", "W8A16": "w8a16", "W4A16_AWQ": "w4a16_awq"}
+KV_QUANT_ALGO_TO_DTYPE = {None: "bf16", "FP8": "fp8", "INT8": "int8"}
+
+
+# ---- what a checkpoint holds ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class CheckpointInfo:
+    path: Path
+    config: ModelConfig
+    precision: str
+    kv_cache: str
+    tp: int
+    pp: int
+    quant_algo: str | None
+    kv_cache_quant_algo: str | None
+
+    @property
+    def world_size(self) -> int:
+        return self.tp * self.pp
+
+
+def precision_of(raw: dict, source: str) -> tuple[str, str, str | None, str | None]:
+    """(precision, kv_cache, quant_algo, kv_cache_quant_algo) of a TRT-LLM config.json dict."""
+    quant = raw.get("quantization") or {}
+    algo, kv_algo = quant.get("quant_algo"), quant.get("kv_cache_quant_algo")
+    if algo not in QUANT_ALGO_TO_PRECISION:
+        raise ConfigError(f"{source}: quantization.quant_algo = {algo!r}, expected one of "
+                          f"{', '.join(str(a) for a in QUANT_ALGO_TO_PRECISION)}")
+    if kv_algo not in KV_QUANT_ALGO_TO_DTYPE:
+        raise ConfigError(f"{source}: quantization.kv_cache_quant_algo = {kv_algo!r}, expected one of "
+                          f"{', '.join(str(a) for a in KV_QUANT_ALGO_TO_DTYPE)}")
+    # float16 checkpoints have the byte and FLOP rates of bf16, so they are sized as bf16.
+    if algo is None and raw.get("dtype") not in ("bfloat16", "float16"):
+        raise ConfigError(f"{source}: field 'dtype' = {raw.get('dtype')!r}, expected 'bfloat16' or 'float16' for an engine")
+    return QUANT_ALGO_TO_PRECISION[algo], KV_QUANT_ALGO_TO_DTYPE[kv_algo], algo, kv_algo
+
+
+def mapping_of(raw: dict, source: str) -> tuple[int, int]:
+    mapping = raw.get("mapping") or {}
+    tp, pp = mapping.get("tp_size", 1), mapping.get("pp_size", 1)
+    if not all(isinstance(v, int) and v >= 1 for v in (tp, pp)):
+        raise ConfigError(f"{source}: mapping tp_size/pp_size = {tp!r}/{pp!r}, expected positive integers")
+    if mapping.get("world_size", tp * pp) != tp * pp:
+        raise ConfigError(f"{source}: mapping.world_size = {mapping['world_size']}, expected tp_size * pp_size = {tp * pp}")
+    return tp, pp
+
+
+def read_checkpoint(path: str | Path) -> CheckpointInfo:
+    """Config, precision and mapping of a fathom/TRT-LLM checkpoint dir (no weights read)."""
+    from fathom.build.sources import resolve_model
+
+    path = Path(path)
+    src = resolve_model(str(path))
+    if src.kind != "checkpoint":
+        raise CheckpointError(f"{path}: expected a TRT-LLM checkpoint (config.json with 'architecture' and 'mapping'), "
+                              f"got a {src.kind} {'directory' if src.path else 'source'}; convert it first with fathom convert")
+    source = str(path / "config.json")
+    raw = read_json(path / "config.json")
+    precision, kv_cache, algo, kv_algo = precision_of(raw, source)
+    tp, pp = mapping_of(raw, source)
+    return CheckpointInfo(path=path, config=src.config, precision=precision, kv_cache=kv_cache, tp=tp, pp=pp,
+                          quant_algo=algo, kv_cache_quant_algo=kv_algo)
+
+
+def describe_model(spec: str) -> dict:
+    """What `fathom plan MODEL` needs: name, config, and for a checkpoint or engine its precision and
+    mapping (None where the MODEL does not fix them). Only config files are read."""
+    from fathom.build.sources import resolve_model
+
+    src = resolve_model(spec)
+    out = {"name": spec.partition(":")[2].partition("@")[0] if src.kind == "random" else Path(spec).name,
+           "config": src.config, "precision": None, "kv_cache": None, "tp": None, "pp": None}
+    if src.kind in ("checkpoint", "engine"):
+        source = str(src.path / "config.json")
+        raw = read_json(src.path / "config.json")
+        raw = raw["pretrained_config"] if src.kind == "engine" else raw
+        out["precision"], out["kv_cache"], _, _ = precision_of(raw, source)
+        out["tp"], out["pp"] = mapping_of(raw, source)
+    return out
+
+
+# ---- build settings ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BuildSettings:
+    name: str | None  # preset name; None when sized on the fly for --gpu
+    gpu: str  # catalogue key
+    model: str
+    precision: str
+    kv_cache: str
+    tp: int
+    pp: int
+    build_config: dict  # tensorrt_llm.BuildConfig keyword arguments
+    plugin_config: dict  # tensorrt_llm.plugin.PluginConfig attributes
+    runtime: dict = field(default_factory=dict)  # what the runtime should pass when loading
+    planned: dict = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+    def deployment(self) -> Deployment:
+        b = self.build_config
+        return Deployment(precision=self.precision, kv_cache=self.kv_cache, seq_len=b["max_seq_len"], tp=self.tp,
+                          pp=self.pp, max_num_tokens=b["max_num_tokens"], max_batch_size=b["max_batch_size"])
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["notes"] = list(self.notes)
+        return d
+
+
+def plugin_settings(precision: str) -> dict:
+    fp8 = precision == "fp8"
+    return {
+        "gpt_attention_plugin": "auto",
+        "gemm_plugin": None if fp8 else "auto",  # None = disabled: recommended for FP8 GEMMs
+        "context_fmha": True,
+        "use_paged_context_fmha": True,  # needed by chunked context and KV reuse
+        "use_fp8_context_fmha": fp8,
+        "paged_kv_cache": True,
+        "remove_input_padding": True,
+        "tokens_per_block": TOKENS_PER_BLOCK,
+    }
+
+
+def settings_from_plan(p: Plan, name: str | None, model: str) -> BuildSettings:
+    d = p.deployment
+    return BuildSettings(
+        name=name, gpu=p.gpu.key, model=model, precision=d.precision, kv_cache=d.kv_cache, tp=d.tp, pp=d.pp,
+        build_config={"max_seq_len": d.seq_len, "max_input_len": d.seq_len, "max_num_tokens": d.max_num_tokens,
+                      "max_batch_size": d.max_batch_size, "max_beam_width": 1},
+        plugin_config=plugin_settings(d.precision),
+        runtime={"enable_chunked_context": True, "kv_cache_free_gpu_memory_fraction": 0.9},
+        planned=planned_summary(p), notes=p.notes,
+    )
+
+
+def planned_summary(p: Plan) -> dict:
+    r = lambda x: round(x, 1)  # noqa: E731
+    return {
+        "concurrent_sequences": p.concurrent_sequences,
+        "weights_per_rank_gib": r(p.weights_per_rank_bytes / GIB),
+        "kv_bytes_per_sequence_rank": p.kv_bytes_per_sequence_rank,
+        "decode_batch1_tok_s_ceiling": r(p.decode_batch1.ceiling),
+        "decode_max_batch_tok_s_ceiling": r(p.decode_max_batch.ceiling),
+        "ttft_ms_ceiling": r(p.ttft_ms.ceiling),
+    }
+
+
+def preset_name(gpu_key: str, precision: str) -> str:
+    return f"{gpu_key}-{precision}"
+
+
+def fathom_preset(gpu: GpuSpec, precision: str) -> BuildSettings:
+    """The preset for Fathom-R1-14B on `gpu`: the smallest tp that fits 16K sequences."""
+    cfg = preset(PRESET_MODEL)
+    for tp in TP_CHOICES:
+        p = plan(cfg, gpu, Deployment(precision=precision, kv_cache=default_kv_cache(precision),
+                                      seq_len=PRESET_SEQ_LEN, tp=tp), model_name=PRESET_MODEL)
+        if p.fits:
+            return settings_from_plan(p, preset_name(gpu.key, precision), PRESET_MODEL)
+    raise PlanError(f"{PRESET_MODEL} {precision} does not fit {gpu.name} with tp up to {TP_CHOICES[-1]}")
+
+
+def render_presets() -> dict[str, dict]:
+    """Every preset file's content, by name: bf16 everywhere, FP8 where the GPU has FP8 tensor cores."""
+    out = {}
+    for gpu in catalogue().values():
+        for precision in ("bf16", "fp8") if gpu.fp8 else ("bf16",):
+            s = fathom_preset(gpu, precision)
+            out[s.name] = {"description": f"{PRESET_MODEL} {precision} (KV {s.kv_cache}) on {gpu.name}, "
+                                          f"tp={s.tp}, sized for {PRESET_SEQ_LEN:,}-token sequences",
+                           **s.to_dict(), "generated_by": GENERATED_BY}
+    return out
+
+
+def preset_text(content: dict) -> str:
+    return json.dumps(content, indent=2) + "\n"
+
+
+def _preset_dir():
+    return resources.files("fathom.profiles").joinpath("presets")
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in _preset_dir().iterdir() if p.name.endswith(".json"))
+
+
+def load_preset(name: str) -> BuildSettings:
+    names = preset_names()
+    if name not in names:
+        raise PlanError(f"--preset {name!r}: unknown preset; valid presets: {', '.join(names)}")
+    raw = json.loads(_preset_dir().joinpath(f"{name}.json").read_text())
+    keys = {f for f in BuildSettings.__dataclass_fields__}
+    return BuildSettings(**{k: (tuple(v) if k == "notes" else v) for k, v in raw.items() if k in keys})
+
+
+# ---- contradictions between a preset and a checkpoint -----------------------------------------------
+def check_compat(s: BuildSettings, ckpt: CheckpointInfo, gpu: GpuSpec) -> None:
+    """Refuse settings that contradict the checkpoint or the GPU, with the reason and a way out."""
+    label = f"preset {s.name}" if s.name else f"settings for --gpu {s.gpu}"
+    algo = f"quantization.quant_algo = {ckpt.quant_algo!r}"
+    if s.plugin_config.get("use_fp8_context_fmha") and ckpt.precision != "fp8":
+        raise PlanError(f"{label} enables FP8 context FMHA but {ckpt.path} is a {ckpt.precision} checkpoint ({algo}); "
+                        f"use preset {preset_name(gpu.key, ckpt.precision)} or --gpu {gpu.key}")
+    if s.precision != ckpt.precision:
+        raise PlanError(f"{label} builds {s.precision} kernels but {ckpt.path} is a {ckpt.precision} checkpoint ({algo}); "
+                        f"use preset {preset_name(gpu.key, ckpt.precision)} or --gpu {gpu.key}")
+    if s.kv_cache != ckpt.kv_cache:
+        raise PlanError(f"{label} is sized for a {s.kv_cache} KV cache but {ckpt.path} has a {ckpt.kv_cache} one "
+                        f"(quantization.kv_cache_quant_algo = {ckpt.kv_cache_quant_algo!r}); use --gpu {gpu.key}")
+    if (ckpt.precision == "fp8" or ckpt.kv_cache == "fp8") and not gpu.fp8:
+        raise PlanError(f"{ckpt.path} holds FP8 tensors but {gpu.name} is sm{gpu.sm}; FP8 needs sm >= 89")
+    if (s.tp, s.pp) != (ckpt.tp, ckpt.pp):
+        raise PlanError(f"{label} is sized for tp={s.tp} pp={s.pp} but {ckpt.path} is mapped tp={ckpt.tp} pp={ckpt.pp}; "
+                        f"convert with --tp {s.tp} --pp {s.pp}, or use --gpu {gpu.key} to size for this mapping")
+
+
+def with_overrides(s: BuildSettings, max_seq_len: int | None = None, max_input_len: int | None = None,
+                   max_num_tokens: int | None = None, max_batch_size: int | None = None) -> BuildSettings:
+    b = dict(s.build_config)
+    if max_seq_len is not None:
+        b["max_seq_len"] = max_seq_len
+        b["max_input_len"] = min(b["max_input_len"], max_seq_len)
+    for key, value in (("max_input_len", max_input_len), ("max_num_tokens", max_num_tokens),
+                       ("max_batch_size", max_batch_size)):
+        if value is not None:
+            b[key] = value
+    if b["max_input_len"] > b["max_seq_len"]:
+        raise PlanError(f"--max-input-len {b['max_input_len']} exceeds --max-seq-len {b['max_seq_len']}")
+    return replace(s, build_config=b)
+
+
+def settings_for_checkpoint(ckpt: CheckpointInfo, gpu: GpuSpec, preset_id: str | None,
+                            **overrides) -> tuple[BuildSettings, Plan]:
+    """Settings from preset `preset_id` (checked against the checkpoint, then planned for the
+    checkpoint's own config) or sized for `gpu` by the planner; CLI overrides applied; refuses
+    what contradicts the checkpoint or does not fit."""
+    if preset_id is None:
+        dep = Deployment(precision=ckpt.precision, kv_cache=ckpt.kv_cache,
+                         seq_len=overrides.get("max_seq_len") or PRESET_SEQ_LEN, tp=ckpt.tp, pp=ckpt.pp,
+                         max_num_tokens=overrides.get("max_num_tokens"), max_batch_size=overrides.get("max_batch_size"))
+        p = plan(ckpt.config, gpu, dep, model_name=ckpt.path.name)
+        require_fit(p, ckpt.config)
+        settings = with_overrides(settings_from_plan(p, None, ckpt.path.name), max_input_len=overrides.get("max_input_len"))
+        check_compat(settings, ckpt, gpu)
+        return settings, p
+    settings = with_overrides(load_preset(preset_id), **overrides)
+    check_compat(settings, ckpt, gpu)
+    p = plan(ckpt.config, gpu, settings.deployment(), model_name=ckpt.path.name)
+    require_fit(p, ckpt.config)
+    return settings, p

@@ -1,0 +1,125 @@
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from fathom.build.config import preset
+from fathom.build.errors import ConfigError, PlanError
+from fathom.engine.gpus import catalogue, get_gpu
+from fathom.engine.planner import Deployment, plan
+from fathom.engine.presets import (
+    CheckpointInfo, check_compat, load_preset, precision_of, preset_names, preset_text, render_presets,
+    with_overrides,
+)
+
+PRESET_DIR = Path(__file__).resolve().parents[1] / "profiles" / "presets"
+
+
+def test_regenerating_presets_gives_the_committed_files():
+    rendered = render_presets()
+    assert sorted(p.stem for p in PRESET_DIR.glob("*.json")) == sorted(rendered)
+    for name, content in rendered.items():
+        assert (PRESET_DIR / f"{name}.json").read_text() == preset_text(content), f"{name}: run profiles/make_presets.py"
+
+
+def test_one_preset_per_gpu_and_precision_fp8_only_where_supported():
+    names = set(preset_names())
+    for key, gpu in catalogue().items():
+        assert f"{key}-bf16" in names
+        assert (f"{key}-fp8" in names) == gpu.fp8
+    assert "a100-80gb-fp8" not in names
+
+
+def test_every_preset_is_sized_for_16k_with_paged_kv_and_chunked_context():
+    for name in preset_names():
+        s = load_preset(name)
+        b, pc = s.build_config, s.plugin_config
+        assert b["max_seq_len"] == b["max_input_len"] == 16384
+        assert pc["paged_kv_cache"] and pc["use_paged_context_fmha"] and pc["context_fmha"]
+        assert s.runtime["enable_chunked_context"]
+        if s.precision == "fp8":
+            assert pc["gemm_plugin"] is None and pc["use_fp8_context_fmha"] and s.kv_cache == "fp8"
+        else:
+            assert pc["gemm_plugin"] == "auto" and not pc["use_fp8_context_fmha"]
+
+
+def test_preset_batch_and_tokens_come_from_the_planner():
+    for name in ("h100-sxm-fp8", "l40s-bf16", "l4-bf16"):
+        s = load_preset(name)
+        p = plan(preset("fathom-r1-14b"), get_gpu(s.gpu),
+                 Deployment(precision=s.precision, kv_cache=s.kv_cache, tp=s.tp, pp=s.pp))
+        assert s.build_config["max_batch_size"] == p.concurrent_sequences == s.planned["concurrent_sequences"]
+        assert s.build_config["max_num_tokens"] == p.deployment.max_num_tokens
+    assert load_preset("h100-sxm-fp8").build_config["max_batch_size"] == 37
+
+
+def test_bf16_on_24gb_gpus_takes_the_smallest_tp_that_fits():
+    assert load_preset("l4-bf16").tp == 2 and load_preset("rtx4090-bf16").tp == 2
+    assert load_preset("l4-fp8").tp == 1 and load_preset("h100-sxm-bf16").tp == 1
+
+
+def test_unknown_preset_lists_valid_ones():
+    with pytest.raises(PlanError) as e:
+        load_preset("h100-int4")
+    assert "h100-sxm-fp8" in str(e.value) and "l4-bf16" in str(e.value)
+
+
+def _ckpt(precision="bf16", kv="bf16", tp=1, pp=1):
+    algo = {"bf16": None, "fp8": "FP8"}[precision]
+    kv_algo = {"bf16": None, "fp8": "FP8", "int8": "INT8"}[kv]
+    return CheckpointInfo(path=Path("/ckpt"), config=preset("tiny"), precision=precision, kv_cache=kv, tp=tp, pp=pp,
+                          quant_algo=algo, kv_cache_quant_algo=kv_algo)
+
+
+def test_fp8_preset_on_a_bf16_checkpoint_is_refused_with_the_reason():
+    with pytest.raises(PlanError) as e:
+        check_compat(load_preset("h100-sxm-fp8"), _ckpt("bf16"), get_gpu("h100"))
+    msg = str(e.value)
+    assert "FP8 context FMHA" in msg and "bf16 checkpoint" in msg and "quant_algo = None" in msg
+    assert "h100-sxm-bf16" in msg
+
+
+def test_bf16_preset_on_an_fp8_checkpoint_is_refused():
+    with pytest.raises(PlanError, match="builds bf16 kernels but /ckpt is a fp8 checkpoint"):
+        check_compat(load_preset("l40s-bf16"), _ckpt("fp8", "fp8"), get_gpu("l40s"))
+
+
+def test_kv_cache_and_mapping_mismatches_are_refused():
+    with pytest.raises(PlanError, match="sized for a fp8 KV cache"):
+        check_compat(load_preset("h100-sxm-fp8"), _ckpt("fp8", "bf16"), get_gpu("h100"))
+    with pytest.raises(PlanError, match="sized for tp=2 pp=1 but /ckpt is mapped tp=1 pp=1"):
+        check_compat(load_preset("l4-bf16"), _ckpt("bf16", tp=1), get_gpu("l4"))
+    check_compat(load_preset("l4-bf16"), _ckpt("bf16", tp=2), get_gpu("l4"))
+
+
+def test_fp8_checkpoint_on_an_sm80_gpu_is_refused():
+    s = replace(load_preset("a100-80gb-bf16"), precision="fp8")  # as if hand-edited
+    with pytest.raises(PlanError, match="FP8 needs sm >= 89"):
+        check_compat(s, _ckpt("fp8", "bf16"), get_gpu("a100"))
+
+
+def test_overrides_keep_input_within_sequence_length():
+    s = with_overrides(load_preset("h100-sxm-bf16"), max_seq_len=8192, max_batch_size=3)
+    assert s.build_config["max_seq_len"] == s.build_config["max_input_len"] == 8192
+    assert s.build_config["max_batch_size"] == 3
+    with pytest.raises(PlanError, match="exceeds --max-seq-len"):
+        with_overrides(load_preset("h100-sxm-bf16"), max_seq_len=4096, max_input_len=8192)
+
+
+def test_precision_is_read_from_the_quantization_enum():
+    base = {"dtype": "bfloat16", "quantization": {"quant_algo": None, "kv_cache_quant_algo": None}}
+    assert precision_of(base, "c")[:2] == ("bf16", "bf16")
+    fp8 = {**base, "quantization": {"quant_algo": "FP8", "kv_cache_quant_algo": "FP8"}}
+    assert precision_of(fp8, "c")[:2] == ("fp8", "fp8")
+    awq = {**base, "quantization": {"quant_algo": "W4A16_AWQ", "kv_cache_quant_algo": "INT8"}}
+    assert precision_of(awq, "c")[:2] == ("w4a16_awq", "int8")
+    with pytest.raises(ConfigError, match="c: quantization.quant_algo = 'NVFP4'"):
+        precision_of({**base, "quantization": {"quant_algo": "NVFP4"}}, "c")
+    with pytest.raises(ConfigError, match="'dtype' = 'float32'"):
+        precision_of({**base, "dtype": "float32"}, "c")
+
+
+def test_preset_files_are_plain_readable_json():
+    raw = json.loads((PRESET_DIR / "l40s-fp8.json").read_text())
+    assert raw["gpu"] == "l40s" and raw["model"] == "fathom-r1-14b" and "generated_by" in raw
