@@ -180,7 +180,31 @@ def check_tensors(source: TensorSource, expected: dict[str, tuple[int, ...]], wh
     return ignored
 
 
+FINITE_CHECK_CHUNK = 1 << 24  # elements: the temporaries stay small for any tensor size
+_HALF_EXPONENT_MASKS = {torch.bfloat16: 0x7F80, torch.float16: 0x7C00}
+
+
+def _nonfinite_in_chunk(chunk: torch.Tensor) -> int:
+    """numpy is ~10x faster than torch.isfinite on CPU. 16-bit floats are tested by their exponent
+    bits (all ones exactly for NaN/Inf): numpy has no bf16 and its float16 isfinite is slow."""
+    import numpy as np
+
+    mask = _HALF_EXPONENT_MASKS.get(chunk.dtype)
+    if mask is not None:
+        bits = chunk.view(torch.int16).cpu().numpy()
+        return int(np.count_nonzero((bits & mask) == mask))
+    values = chunk.cpu().numpy()
+    return 0 if np.isfinite(values).all() else int(np.count_nonzero(~np.isfinite(values)))
+
+
+def count_nonfinite(tensor: torch.Tensor) -> int:
+    """Number of NaN/Inf values of a floating tensor (0 for other dtypes), in bounded memory."""
+    if not tensor.is_floating_point() or tensor.dtype.itemsize == 1:
+        return 0
+    return sum(_nonfinite_in_chunk(chunk) for chunk in tensor.detach().reshape(-1).split(FINITE_CHECK_CHUNK))
+
+
 def check_finite(name: str, tensor: torch.Tensor, where: str) -> None:
-    if tensor.is_floating_point() and tensor.dtype.itemsize > 1 and not torch.isfinite(tensor).all():
-        bad = int((~torch.isfinite(tensor)).sum())
+    bad = count_nonfinite(tensor)
+    if bad:
         raise WeightsError(f"{where}: tensor '{name}' has {bad} NaN/Inf value(s)")
