@@ -39,11 +39,13 @@ class TokenEvent:
 @dataclass(frozen=True)
 class KVUsage:
     used_tokens: int
-    capacity_tokens: int
+    capacity_tokens: int | None  # None: the executor cannot see it (TensorRT-LLM sizes its own pool)
     bytes_per_token: int
 
     @property
-    def used_fraction(self) -> float:
+    def used_fraction(self) -> float | None:
+        if self.capacity_tokens is None:
+            return None
         return self.used_tokens / self.capacity_tokens if self.capacity_tokens else 0.0
 
 

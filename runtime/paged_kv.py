@@ -1,0 +1,319 @@
+"""Paged KV cache: fixed-size blocks, a slot table per running sequence, optional prefix reuse.
+
+Why it is laid out this way:
+- Storage: per layer one pool of shape (num_slots, 2, Hkv, D), K and V of a token side by side,
+  num_slots = num_blocks x block_size, so a step writes and gathers a layer's K and V with one op
+  each. Token p of a sequence lives at slot `block_table[p // block_size] * block_size +
+  p % block_size`. Sequences grow one block at a time, so no sequence reserves 16K tokens up front
+  and memory is shared by whoever is running (vLLM's PagedAttention layout, token-major).
+- Block 0 is the null block: zero at start, never handed out. Slot tables point padding there and
+  padded batch rows write there, so everything a gather reads is finite: attention masks padding
+  with -inf, but 0 x NaN in `p @ V` would still poison a row. For the same reason every other
+  block is zeroed when first handed out (the pools are allocated empty, so untouched CPU memory
+  is never committed); a reused block holds its previous owner's finite values.
+- Slot table: a (max_seqs, max_seq_len rounded up to whole blocks) int64 tensor, one row per running sequence, holding the
+  slot of every position. It is updated when a block is appended (once per block_size tokens), so
+  a decode step finds every sequence's KV with one `index_select` and no per-step Python loop.
+- Attention gathers a sequence's slots into a contiguous (S, 2, Hkv, D) before SDPA. That copies
+  the live KV once per layer per step: negligible for CPU-sized models; on GPU at long context it adds
+  a read and a write of the context to attention's own read (plain PyTorch has no kernel that reads
+  the pools through a block table).
+- Storage dtype: the model dtype, or float8_e4m3fn / int8 with one scale per layer shared by K and
+  V (TRT-LLM's `kv_cache_scaling_factor`), quantized and dequantized by fathom.build.quant.kv_cache
+  (stored = value / scale, read back as stored x scale). Scales are required for fp8 and int8 (a
+  default of 1.0 silently clips or wastes the int8 range); `calibrate_kv_scales` measures them
+  with the quantizer's own rule (`kv_cache_scale`).
+- Capacity: CUDA gets `gpu_memory_fraction` of the memory free after the weights are loaded, minus
+  a workspace estimate for one step; the CPU gets a fixed `cpu_budget_bytes`. Either is capped at
+  what max_seqs sequences of max_seq_len tokens can ever use.
+- Prefix reuse: a full block is keyed by blake2b(parent key, its token ids), so equal keys mean
+  equal whole prefixes. Blocks are ref-counted; one whose count drops to zero stays cached and is
+  evicted least-recently-released first, only when no never-used block is left.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from fathom.build.config import ModelConfig
+from fathom.build.errors import ConfigError
+from fathom.build.quant.config import QuantAlgo
+from fathom.build.quant.kv_cache import dequantize_kv, kv_cache_scale, kv_storage_dtype, quantize_kv
+
+KV_DTYPES = ("auto", "fp8", "int8")
+_ALGO = {"fp8": QuantAlgo.FP8, "int8": QuantAlgo.INT8}
+NULL_BLOCK = 0
+
+
+@dataclass(frozen=True)
+class KVCacheConfig:
+    block_size: int = 16
+    kv_dtype: str = "auto"  # auto = the model dtype; fp8 (float8_e4m3fn) or int8 need kv_scales
+    kv_scales: tuple[float, ...] | None = None  # one dequantization scale per layer
+    gpu_memory_fraction: float = 0.9
+    cpu_budget_bytes: int = 512 * 2**20
+    num_blocks: int | None = None  # explicit pool size (tests); None = sized from memory
+    prefix_reuse: bool = False
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1:
+            raise ConfigError(f"block_size = {self.block_size}, expected >= 1")
+        if self.kv_dtype not in KV_DTYPES:
+            raise ConfigError(f"kv_dtype = {self.kv_dtype!r}, expected one of {', '.join(KV_DTYPES)}")
+        if self.kv_dtype != "auto" and self.kv_scales is None:
+            raise ConfigError(f"kv_dtype {self.kv_dtype}: kv_scales (one kv_cache_scaling_factor per layer) are "
+                              "required; measure them with fathom.runtime.paged_kv.calibrate_kv_scales")
+        if self.kv_scales is not None and any(not s > 0 for s in self.kv_scales):
+            raise ConfigError(f"kv_scales = {list(self.kv_scales)}, expected positive numbers")
+        if not 0 < self.gpu_memory_fraction <= 1:
+            raise ConfigError(f"gpu_memory_fraction = {self.gpu_memory_fraction}, expected a number in (0, 1]")
+        if self.num_blocks is not None and self.num_blocks < 2:
+            raise ConfigError(f"num_blocks = {self.num_blocks}, expected >= 2 (block 0 is the null block)")
+
+
+def storage_dtype(kv_dtype: str, model_dtype: torch.dtype) -> torch.dtype:
+    return kv_storage_dtype(_ALGO[kv_dtype]) if kv_dtype in _ALGO else model_dtype
+
+
+def plan_num_blocks(cfg: ModelConfig, kv: KVCacheConfig, device: torch.device, bytes_per_token: int,
+                    workspace_bytes: int, max_tokens: int) -> int:
+    """How many blocks the pools get (null block included); see "Capacity" in the module docstring."""
+    if kv.num_blocks is not None:
+        return kv.num_blocks
+    if device.type == "cuda":
+        free_bytes, _ = torch.cuda.mem_get_info(device)
+        budget = int(free_bytes * kv.gpu_memory_fraction) - workspace_bytes
+    else:
+        budget = kv.cpu_budget_bytes
+    wanted = -(-max_tokens // kv.block_size) + 1
+    blocks = min(budget // (bytes_per_token * kv.block_size), wanted)
+    if blocks < 2:
+        raise ConfigError(f"KV cache: {budget} bytes left for it hold no {kv.block_size}-token block of "
+                          f"{bytes_per_token} bytes/token (lower max_seq_len/max_num_tokens or free memory)")
+    return int(blocks)
+
+
+def block_key(parent: bytes, tokens: list[int]) -> bytes:
+    """Key of a full block: its parent's key and its token ids (equal keys = equal whole prefixes)."""
+    h = hashlib.blake2b(parent, digest_size=16)
+    h.update(b",".join(str(t).encode() for t in tokens))
+    return h.digest()
+
+
+class BlockAllocator:
+    """Free list + reference counts + the prefix table (key -> block) with LRU eviction."""
+
+    def __init__(self, num_blocks: int):
+        self.num_blocks = num_blocks
+        self.free: deque[int] = deque(range(1, num_blocks))  # never-used or evicted blocks
+        self.refs = [0] * num_blocks
+        self.key_of: list[bytes | None] = [None] * num_blocks
+        self.table: dict[bytes, int] = {}
+        self.evictable: OrderedDict[int, None] = OrderedDict()  # cached blocks with no reference
+
+    @property
+    def usable_blocks(self) -> int:
+        return self.num_blocks - 1
+
+    def num_free(self) -> int:
+        return len(self.free) + len(self.evictable)
+
+    def num_used(self) -> int:
+        return self.usable_blocks - self.num_free()
+
+    def allocate(self) -> int | None:
+        if self.free:
+            block = self.free.popleft()
+        elif self.evictable:
+            block, _ = self.evictable.popitem(last=False)
+            del self.table[self.key_of[block]]
+            self.key_of[block] = None
+        else:
+            return None
+        self.refs[block] = 1
+        return block
+
+    def release(self, block: int) -> None:
+        self.refs[block] -= 1
+        assert self.refs[block] >= 0, f"block {block} released twice"
+        if self.refs[block] == 0:
+            if self.key_of[block] is None:
+                self.free.append(block)
+            else:
+                self.evictable[block] = None
+
+    def lookup(self, key: bytes) -> int | None:
+        """The cached block holding this prefix, with a reference taken; None on a miss."""
+        block = self.table.get(key)
+        if block is None:
+            return None
+        if self.refs[block] == 0:
+            del self.evictable[block]
+        self.refs[block] += 1
+        return block
+
+    def register(self, block: int, key: bytes) -> None:
+        """Offer a just-filled block for reuse (first writer wins; a duplicate stays private)."""
+        if key not in self.table and self.key_of[block] is None:
+            self.table[key] = block
+            self.key_of[block] = key
+
+
+class PagedKVCache:
+    """The pools, the slot table and quantized storage. Layout: see the module docstring."""
+
+    def __init__(self, cfg: ModelConfig, kv: KVCacheConfig, num_blocks: int, dtype: torch.dtype,
+                 device: torch.device, max_seqs: int, max_seq_len: int):
+        self.cfg, self.kv_config = cfg, kv
+        self.block_size = kv.block_size
+        self.dtype = dtype  # compute dtype: what reads return
+        self.storage = storage_dtype(kv.kv_dtype, dtype)
+        self.quantized = kv.kv_dtype != "auto"
+        if kv.kv_scales is not None and len(kv.kv_scales) != cfg.num_hidden_layers:
+            raise ConfigError(f"kv_scales has {len(kv.kv_scales)} values, expected one per layer "
+                              f"({cfg.num_hidden_layers})")
+        self.algo = _ALGO.get(kv.kv_dtype)
+        self.scales = ([torch.tensor([x], dtype=torch.float32, device=device) for x in kv.kv_scales]
+                       if self.quantized else None)
+        slots = num_blocks * self.block_size
+        shape = (cfg.num_hidden_layers, slots, 2, cfg.num_key_value_heads, cfg.head_dim)
+        self.kv = torch.empty(shape, dtype=self.storage, device=device)
+        self.kv[:, :self.block_size].zero_()  # the null block
+        self._zeroed = bytearray(num_blocks)
+        self._zeroed[NULL_BLOCK] = 1
+        # fp8 moves through uint8 views: index_copy_/index_select have no float8 kernels on CPU.
+        self.raw = torch.uint8 if self.storage == torch.float8_e4m3fn else self.storage
+        self.layers = self.kv.view(self.raw).unbind(0)  # per-layer views, made once
+        width = -(-max_seq_len // self.block_size) * self.block_size  # whole blocks
+        self.slot_table = torch.zeros((max_seqs, width), dtype=torch.int64, device=device)
+        self.allocator = BlockAllocator(num_blocks)
+        self.bytes_per_token = cfg.kv_bytes_per_token(self.storage.itemsize)
+
+    @property
+    def capacity_tokens(self) -> int:
+        return self.allocator.usable_blocks * self.block_size
+
+    def set_block(self, row: int, index: int, block: int) -> None:
+        """Point positions [index*bs, (index+1)*bs) of slot-table row `row` at `block`."""
+        bs = self.block_size
+        start = block * bs
+        if not self._zeroed[block]:
+            self.kv[:, start:start + bs].zero_()
+            self._zeroed[block] = 1
+        self.slot_table[row, index * bs:(index + 1) * bs] = torch.arange(start, start + bs, device=self.slot_table.device)
+
+    def clear_row(self, row: int, num_blocks: int) -> None:
+        self.slot_table[row, :num_blocks * self.block_size] = NULL_BLOCK
+
+    # ---- storage ---------------------------------------------------------------------
+    def write(self, layer: int, slots: torch.Tensor, kv: torch.Tensor) -> None:
+        """slots (N,), kv (N, 2, Hkv, D) in the compute dtype."""
+        if self.quantized:
+            kv = quantize_kv(kv, self.scales[layer], self.algo).view(self.raw)
+        self.layers[layer].index_copy_(0, slots, kv)
+
+    def read(self, layer: int, slots: torch.Tensor) -> torch.Tensor:
+        """slots (M,) -> kv (M, 2, Hkv, D) in the compute dtype."""
+        kv = self.layers[layer].index_select(0, slots)
+        if self.quantized:
+            kv = dequantize_kv(kv.view(self.storage), self.scales[layer], self.dtype)
+        return kv
+
+
+class PagedAttention:
+    """Attention backend for one packed step: N tokens from many sequences in one row.
+
+    Tokens [0, n_decode) are one decode token per sequence, attended together: one gather, one
+    SDPA whose "query length" is the G query heads sharing a KV head (no K/V repeat). Each prefill
+    chunk after them attends to its sequence's cached prefix plus itself (causal). `plan_step`
+    runs once per step; every layer reuses the plan. `attend` is the token-major entry point of
+    `Qwen2Model.forward_packed`; calling the object serves `Qwen2Model.forward` (B = 1).
+    """
+
+    def __init__(self, cache: PagedKVCache):
+        self.cache = cache
+        # Quantized storage: a quantized model's K/V rounding hook leaves the quantizing to us.
+        self.stores_quantized_kv = cache.quantized
+        cfg = cache.cfg
+        self.Hq, self.Hkv, self.D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.positions = torch.arange(cache.slot_table.shape[1], device=cache.slot_table.device)
+        self.slots: torch.Tensor | None = None
+        self.n_decode = 0
+        self.decode_len = 0
+        self.decode_slots: torch.Tensor | None = None  # (n*S,)
+        self.decode_mask: torch.Tensor | None = None  # (n, 1, 1, S) bool, None when every row is full
+        self.chunks: list[tuple[int, int, torch.Tensor, torch.Tensor | None]] = []
+
+    def plan_decode(self, rows: torch.Tensor, lens: torch.Tensor | None, max_len: int) -> None:
+        """Decode rows: slot-table `rows` (n,), context lengths `lens` (n,) after this step (None:
+        all equal to max_len, no mask)."""
+        self.n_decode, self.decode_len = rows.shape[0], max_len
+        self.decode_slots = self.cache.slot_table[:, :max_len].index_select(0, rows).view(-1)
+        self.decode_mask = None if lens is None else (self.positions[:max_len] < lens[:, None])[:, None, None, :]
+
+    def plan_step(self, slots: torch.Tensor, chunks: list[tuple[int, int, int, int]]) -> None:
+        """slots (N,): where each token's K/V goes. chunks: (first token, count, row, start position)."""
+        self.slots = slots
+        self.n_decode = 0
+        self.chunks = []
+        for first, count, row, start in chunks:
+            end = start + count
+            mask = None
+            if start:  # query i sits at position start + i and sees keys 0 .. start + i
+                mask = self.positions[:end][None, :] <= self.positions[start:end][:, None]  # (T, L)
+            self.chunks.append((first, count, self.cache.slot_table[row, :end], mask))
+
+    def attend(self, layer: int, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        """q (N, Hq, D), kv (N, 2, Hkv, D) -> (N, Hq, D)."""
+        cache = self.cache
+        cache.write(layer, self.slots, kv)
+        outs = []
+        n = self.n_decode
+        if n:
+            S, Hkv, D = self.decode_len, self.Hkv, self.D
+            past = cache.read(layer, self.decode_slots).view(n, S, 2, Hkv, D)
+            qd = q[:n].view(n, Hkv, self.Hq // Hkv, D)  # (n, Hkv, G, D): head h uses KV head h // G
+            out = F.scaled_dot_product_attention(qd, past[:, :, 0].transpose(1, 2), past[:, :, 1].transpose(1, 2),
+                                                 attn_mask=self.decode_mask)  # (n, Hkv, G, D)
+            outs.append(out.view(n, self.Hq, D))
+        for first, count, chunk_slots, mask in self.chunks:
+            past = cache.read(layer, chunk_slots).transpose(0, 2)  # (Hkv, 2, L, D)
+            k, v = past[:, 0][None], past[:, 1][None]  # (1, Hkv, L, D)
+            gqa = self.Hq != self.Hkv
+            if gqa and q.is_cuda:
+                # CUDA's fused kernels want equal head counts; with enable_gqa a masked chunk could fall
+                # back to the math kernel and its (Hq, T, L) score matrix (GBs at 16K).
+                k, v, gqa = k.repeat_interleave(self.Hq // self.Hkv, 1), v.repeat_interleave(self.Hq // self.Hkv, 1), False
+            qc = q[first:first + count].transpose(0, 1)[None]  # (1, Hq, T, D)
+            out = F.scaled_dot_product_attention(qc, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=gqa)
+            outs.append(out[0].transpose(0, 1))  # (T, Hq, D)
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q (1, Hq, N, D), k/v (1, Hkv, N, D) -> (1, Hq, N, D)."""
+        out = self.attend(layer, q[0].transpose(0, 1), torch.stack((k[0], v[0])).permute(2, 0, 1, 3))
+        return out.transpose(0, 1)[None]
+
+
+@torch.inference_mode()
+def calibrate_kv_scales(model, prompts: list[list[int]], kv_dtype: str) -> tuple[float, ...]:
+    """Per-layer kv_cache_scaling_factor from the K/V amax of a prefill of `prompts`, by the
+    quantizer's rule (fathom.build.quant.kv_cache.kv_cache_scale: int8 amax/127, fp8 max(amax/448, 1))."""
+    if kv_dtype not in _ALGO:
+        raise ConfigError(f"kv_dtype = {kv_dtype!r}: only fp8 and int8 take scales")
+    layers = model.cfg.num_hidden_layers
+    k_amax, v_amax = [0.0] * layers, [0.0] * layers
+
+    def record(layer, q, k, v):
+        k_amax[layer] = max(k_amax[layer], k.abs().max().item())
+        v_amax[layer] = max(v_amax[layer], v.abs().max().item())
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+
+    for ids in prompts:
+        model(torch.tensor([ids], device=model.device), torch.arange(len(ids), device=model.device)[None], record)
+    return tuple(float(kv_cache_scale(k, v, _ALGO[kv_dtype])[0]) for k, v in zip(k_amax, v_amax))

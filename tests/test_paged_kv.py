@@ -1,0 +1,133 @@
+"""Paged KV cache: the block allocator, prefix keys, capacity planning, storage and paged attention."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fathom.build.config import preset
+from fathom.build.errors import ConfigError
+from fathom.runtime.paged_kv import (BlockAllocator, KVCacheConfig, PagedAttention, PagedKVCache, block_key,
+                                     calibrate_kv_scales, plan_num_blocks)
+
+
+def test_allocator_hands_out_every_block_but_the_null_block_then_returns_none():
+    alloc = BlockAllocator(5)
+    got = [alloc.allocate() for _ in range(4)]
+    assert sorted(got) == [1, 2, 3, 4] and alloc.allocate() is None and alloc.num_free() == 0
+    alloc.release(got[0])
+    assert alloc.num_free() == 1 and alloc.allocate() == got[0]
+
+
+def test_shared_block_is_freed_only_by_its_last_reference_and_then_stays_cached():
+    alloc = BlockAllocator(4)
+    block = alloc.allocate()
+    key = block_key(b"", [1, 2, 3])
+    alloc.register(block, key)
+    assert alloc.lookup(key) == block and alloc.refs[block] == 2
+    alloc.release(block)
+    assert alloc.num_used() == 1
+    alloc.release(block)
+    assert alloc.num_used() == 0 and alloc.lookup(key) == block  # cached, revived by a lookup
+    assert alloc.lookup(block_key(b"", [1, 2, 4])) is None
+
+
+def test_cached_blocks_are_evicted_only_when_no_never_used_block_is_left():
+    alloc = BlockAllocator(4)
+    a, b = alloc.allocate(), alloc.allocate()
+    alloc.register(a, b"A")
+    alloc.register(b, b"B")
+    alloc.release(a)
+    alloc.release(b)
+    assert alloc.allocate() == 3  # the never-used block first
+    assert alloc.allocate() == a  # then the least recently released cached block
+    assert alloc.lookup(b"A") is None and alloc.lookup(b"B") == b
+
+
+def test_block_keys_depend_on_the_whole_prefix():
+    k1 = block_key(b"", [1, 2])
+    assert block_key(b"", [1, 2]) == k1
+    assert block_key(k1, [3, 4]) != block_key(block_key(b"", [9, 2]), [3, 4])
+    assert block_key(b"", [12, 3]) != block_key(b"", [1, 23])
+
+
+def test_quantized_kv_needs_scales_and_one_per_layer():
+    with pytest.raises(ConfigError, match="kv_scales"):
+        KVCacheConfig(kv_dtype="int8")
+    with pytest.raises(ConfigError, match="kv_dtype"):
+        KVCacheConfig(kv_dtype="int4")
+    cfg = preset("tiny")
+    with pytest.raises(ConfigError, match="one per layer"):
+        PagedKVCache(cfg, KVCacheConfig(kv_dtype="fp8", kv_scales=(1.0,)), 4, torch.float32, torch.device("cpu"), 2, 64)
+
+
+def test_cpu_capacity_comes_from_the_budget_and_is_capped_by_what_sequences_can_use():
+    cfg = preset("tiny")
+    per_token = cfg.kv_bytes_per_token(4)
+    kv = KVCacheConfig(block_size=16, cpu_budget_bytes=per_token * 16 * 10)
+    assert plan_num_blocks(cfg, kv, torch.device("cpu"), per_token, 0, max_tokens=10_000) == 10
+    assert plan_num_blocks(cfg, kv, torch.device("cpu"), per_token, 0, max_tokens=40) == 4  # 3 blocks + null
+    with pytest.raises(ConfigError, match="hold no 16-token block"):
+        plan_num_blocks(cfg, KVCacheConfig(cpu_budget_bytes=100), torch.device("cpu"), per_token, 0, 10_000)
+
+
+@pytest.mark.parametrize("kv_dtype, tol", [("auto", 0.0), ("int8", 0.02), ("fp8", 0.07)])
+def test_stored_kv_reads_back_within_the_storage_precision(kv_dtype, tol):
+    cfg = preset("tiny")
+    scales = None if kv_dtype == "auto" else (4.0 / (127 if kv_dtype == "int8" else 448),) * cfg.num_hidden_layers
+    cache = PagedKVCache(cfg, KVCacheConfig(kv_dtype=kv_dtype, kv_scales=scales), 4, torch.float32,
+                         torch.device("cpu"), 2, 64)
+    k = torch.randn(5, cfg.num_key_value_heads, cfg.head_dim, generator=torch.Generator().manual_seed(0))
+    slots = torch.tensor([17, 3, 40, 41, 16])
+    cache.write(1, slots, torch.stack((k, -k), dim=1))
+    got_k, got_v = cache.read(1, slots).unbind(1)
+    assert (got_k - k).abs().max().item() <= tol * k.abs().max().item()
+    assert torch.equal(got_v, -got_k)
+
+
+def test_paged_attention_matches_dense_attention_for_decodes_and_a_chunk():
+    """Two decode rows (lengths 7 and 12) and a 3-token chunk at position 5, blocks scattered."""
+    cfg = preset("tiny-gqa5")
+    Hq, Hkv, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    cache = PagedKVCache(cfg, KVCacheConfig(block_size=4), 12, torch.float32, torch.device("cpu"), 4, 32)
+    gen = torch.Generator().manual_seed(1)
+    lens = {0: 7, 1: 12, 2: 8}
+    blocks = {0: [5, 2], 1: [9, 1, 7], 2: [3, 11]}
+    kv = {}
+    for row, n in lens.items():
+        for i, b in enumerate(blocks[row]):
+            cache.set_block(row, i, b)
+        kv[row] = (torch.randn(n, Hkv, D, generator=gen), torch.randn(n, Hkv, D, generator=gen))
+        past = cache.slot_table[row, :n - (3 if row == 2 else 1)]
+        cache.write(0, past, torch.stack(kv[row], dim=1)[:len(past)])
+    attn = PagedAttention(cache)
+    new_slots = torch.cat([cache.slot_table[0, 6:7], cache.slot_table[1, 11:12], cache.slot_table[2, 5:8]])
+    attn.plan_step(new_slots, [(2, 3, 2, 5)])
+    attn.plan_decode(torch.tensor([0, 1]), torch.tensor([7, 12]), 12)
+    q = torch.randn(5, Hq, D, generator=gen)
+    new = torch.cat([torch.stack(kv[0], 1)[6:], torch.stack(kv[1], 1)[11:], torch.stack(kv[2], 1)[5:]])
+    out = attn.attend(0, q, new)
+
+    def dense(qs, row):
+        k, v = (t.transpose(0, 1)[None] for t in kv[row])
+        T, L = qs.shape[0], k.shape[2]
+        mask = torch.arange(L)[None, :] <= torch.arange(L - T, L)[:, None]
+        return F.scaled_dot_product_attention(qs.transpose(0, 1)[None], k, v, attn_mask=mask, enable_gqa=True)[0].transpose(0, 1)
+
+    want = torch.cat([dense(q[0:1], 0), dense(q[1:2], 1), dense(q[2:5], 2)])
+    assert (out - want).abs().max().item() < 1e-5
+
+
+def test_calibrated_scales_follow_the_quantizer_rule():
+    from fathom.build.sources import resolve_model
+    from fathom.runtime.loader import load_model
+
+    model = load_model(resolve_model("random:tiny"), "float32", "cpu", max_seq_len=64)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a busy 2-core machine makes OpenMP's waits dominate tiny ops
+    try:
+        int8 = calibrate_kv_scales(model, [list(range(1, 30))], "int8")
+        fp8 = calibrate_kv_scales(model, [list(range(1, 30))], "fp8")
+    finally:
+        torch.set_num_threads(threads)
+    assert len(int8) == model.cfg.num_hidden_layers and all(s > 0 for s in int8)
+    assert fp8 == pytest.approx([max(i * 127 / 448, 1.0) for i in int8])

@@ -1,0 +1,375 @@
+"""The torch executor (continuous batching, paged KV, chunked prefill) against the unbatched reference."""
+
+import random
+
+import pytest
+import torch
+
+from fathom.build.errors import FathomError
+from fathom.build.sources import resolve_model
+from fathom.runtime.executor import Request, stream
+from fathom.runtime.executors import create_executor
+from fathom.runtime.loader import load_model
+from fathom.runtime.paged_kv import calibrate_kv_scales
+from fathom.runtime.reference import ReferenceExecutor
+from fathom.runtime.sampling import SamplingParams
+from fathom.runtime.torch_executor import TorchExecutor, executor_config
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's waits
+    make every small op slow."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {name: load_model(resolve_model(f"random:{name}"), "float32", "cpu", max_seq_len=256)
+            for name in ("tiny", "tiny-gqa5")}
+
+
+def prompts_for(model, lengths, seed=0):
+    rng = random.Random(seed)
+    return [[rng.randrange(model.cfg.vocab_size) for _ in range(n)] for n in lengths]
+
+
+def collect(executor, requests):
+    out: dict[str, list] = {}
+    for ev in stream(executor, requests):
+        out.setdefault(ev.request_id, []).append(ev)
+    return out
+
+
+def tokens(events):
+    return {rid: [e.token_id for e in evs] for rid, evs in events.items()}
+
+
+def record_logits(executor) -> dict[str, list]:
+    """Request id -> the logits each of its tokens was sampled from (wraps the executor's sampler)."""
+    seen: dict[str, list] = {}
+    sample = executor._sample
+    if isinstance(executor, ReferenceExecutor):
+        def hook(logits):
+            for row, r in enumerate(executor.batch):
+                seen.setdefault(r.request_id, []).append(logits[row].clone())
+            return sample(logits)
+    else:
+        def hook(logits, seqs):
+            for row, s in enumerate(seqs):
+                seen.setdefault(s.id, []).append(logits[row].clone())
+            return sample(logits, seqs)
+    executor._sample = hook
+    return seen
+
+
+def reference_alone(model, prompts, params, eos_ids=(), logits=None):
+    """Each prompt through the reference executor on its own: no padding, no batching.
+    Token ids per request; `logits` (a dict) also receives the logits behind them."""
+    out = {}
+    for i, p in enumerate(prompts):
+        ex = ReferenceExecutor(model, eos_ids=list(eos_ids))
+        seen = record_logits(ex)
+        out.update(tokens(collect(ex, [Request(str(i), p, params)])))
+        if logits is not None:
+            logits.update(seen)
+    return out
+
+
+def assert_close_logits(got: dict[str, list], want: dict[str, list], tol=1e-4):
+    """Token equality can hide a corrupted K/V; the logits behind every token cannot."""
+    assert got.keys() == want.keys()
+    for rid in want:
+        assert len(got[rid]) == len(want[rid])
+        assert max((a - b).abs().max().item() for a, b in zip(got[rid], want[rid])) < tol, rid
+
+
+def check_against_reference(model, prompts, params, ex, drive=None):
+    """ex's tokens equal the unbatched reference's, and so (within 1e-4) do the logits behind them.
+    `drive(ex)` runs the requests (default: all submitted at once) and returns tokens per request."""
+    want_logits: dict[str, list] = {}
+    want = reference_alone(model, prompts, params, logits=want_logits)
+    got_logits = record_logits(ex)
+    got = drive(ex) if drive else tokens(collect(ex, [Request(str(i), p, params) for i, p in enumerate(prompts)]))
+    assert got == want
+    assert_close_logits(got_logits, want_logits)
+
+
+def torch_executor(model, eos_ids=(), **options):
+    return TorchExecutor(model, eos_ids=list(eos_ids), config=executor_config(**options))
+
+
+LENGTHS = (5, 17, 33, 1, 64, 9)
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-gqa5"])
+@pytest.mark.parametrize("options", [
+    dict(max_num_tokens=7, max_num_seqs=4, block_size=5),  # chunks smaller than prompts, odd blocks
+    dict(max_num_tokens=512, max_num_seqs=8, block_size=16),  # whole prompts in one step
+    dict(max_num_tokens=12, max_num_seqs=3, block_size=3, prefix_reuse=True),
+])
+def test_batched_paged_chunked_greedy_equals_the_unbatched_reference(models, name, options):
+    model = models[name]
+    check_against_reference(model, prompts_for(model, LENGTHS), SamplingParams(max_new_tokens=12),
+                            torch_executor(model, **options))
+
+
+def test_requests_joining_mid_run_get_the_reference_tokens(models):
+    model = models["tiny"]
+    prompts = prompts_for(model, (20, 3, 41, 8), seed=1)
+    params = SamplingParams(max_new_tokens=10)
+
+    def staggered(ex):
+        got: dict[str, list] = {}
+        ex.submit(Request("0", prompts[0], params))
+        for step in range(200):
+            if step == 3:
+                ex.submit(Request("1", prompts[1], params))
+            if step == 6:
+                ex.submit(Request("2", prompts[2], params))
+                ex.submit(Request("3", prompts[3], params))
+            for ev in ex.step():
+                got.setdefault(ev.request_id, []).append(ev.token_id)
+            if step > 6 and not ex.has_pending():
+                return got
+
+    check_against_reference(model, prompts, params, torch_executor(model, max_num_tokens=9, max_num_seqs=4, block_size=4),
+                            staggered)
+
+
+def test_prefix_reuse_skips_cached_blocks_and_changes_no_token(models):
+    model = models["tiny"]
+    base = prompts_for(model, (40,), seed=2)[0]
+    prompts = [base + [1, 2, 3], base + [4], base[:35]]
+    params = SamplingParams(max_new_tokens=8)
+
+    def first_alone(ex):  # the first request fills the cache, the others hit it
+        got = tokens(collect(ex, [Request("0", prompts[0], params)]))
+        got.update(tokens(collect(ex, [Request(str(i), p, params) for i, p in enumerate(prompts) if i])))
+        return got
+
+    ex = torch_executor(model, max_num_tokens=64, max_num_seqs=4, block_size=8, prefix_reuse=True)
+    check_against_reference(model, prompts, params, ex, first_alone)
+    assert ex.stats["prefix_hit_tokens"] == 40 + 32  # 5 full blocks of prompt 1, 4 of prompt 2
+    off = torch_executor(model, max_num_tokens=64, max_num_seqs=4, block_size=8)
+    collect(off, [Request(str(i), p, params) for i, p in enumerate(prompts)])
+    assert off.stats["prefix_hit_tokens"] == 0
+
+
+def test_exhausted_pool_preempts_and_recomputes_without_changing_tokens(models):
+    model = models["tiny-gqa5"]
+    ex = torch_executor(model, max_num_tokens=16, max_num_seqs=4, block_size=4, num_blocks=20)
+    check_against_reference(model, prompts_for(model, (30, 25, 20, 35), seed=3), SamplingParams(max_new_tokens=20), ex)
+    assert ex.stats["preemptions"] > 0
+    assert ex.cache.allocator.num_free() == ex.cache.allocator.usable_blocks
+
+
+def test_a_request_that_can_never_fit_is_refused_with_the_numbers(models):
+    ex = torch_executor(models["tiny"], block_size=4, num_blocks=5)  # 16 tokens of KV
+    with pytest.raises(FathomError, match=r"request big: may need 29 tokens of KV cache, the whole cache holds 16"):
+        ex.submit(Request("big", [1] * 10, SamplingParams(max_new_tokens=20)))
+    with pytest.raises(FathomError, match="token ids must be in"):
+        ex.submit(Request("bad", [1, 999], SamplingParams(max_new_tokens=2)))
+
+
+def test_cancel_ends_one_request_and_frees_its_blocks(models):
+    model = models["tiny"]
+    prompts = prompts_for(model, (12, 30, 7), seed=4)
+    params = SamplingParams(max_new_tokens=15)
+    want = reference_alone(model, prompts, params)
+    ex = torch_executor(model, max_num_tokens=10, max_num_seqs=4, block_size=4)
+    for i, p in enumerate(prompts):
+        ex.submit(Request(str(i), p, params))
+    events: dict[str, list] = {}
+    for step in range(100):
+        if step == 5:
+            ex.cancel("1")
+        for ev in ex.step():
+            events.setdefault(ev.request_id, []).append(ev)
+        if not ex.has_pending():
+            break
+    last = events["1"][-1]
+    assert last.finish_reason == "cancelled" and last.token_id is None
+    got = tokens(events)
+    assert got["1"][:-1] == want["1"][:len(got["1"]) - 1]
+    assert got["0"] == want["0"] and got["2"] == want["2"]
+    assert ex.kv_usage().used_tokens == 0 and ex.cache.allocator.num_free() == ex.cache.allocator.usable_blocks
+
+
+def test_kv_usage_counts_the_cached_tokens_of_running_requests(models):
+    model = models["tiny"]
+    ex = torch_executor(model, max_num_tokens=64, max_num_seqs=4, block_size=4, num_blocks=33)
+    assert ex.kv_usage().capacity_tokens == 32 * 4
+    ex.submit(Request("a", [3] * 10, SamplingParams(max_new_tokens=50)))
+    ex.submit(Request("b", [5] * 7, SamplingParams(max_new_tokens=50)))
+    generated = 0
+    for _ in range(4):
+        generated += len([e for e in ex.step() if e.request_id == "a"])
+    usage = ex.kv_usage()
+    # The last sampled token of each request is not fed yet: its K/V do not exist.
+    assert usage.used_tokens == (10 + generated - 1) + (7 + generated - 1)
+    assert usage.bytes_per_token == model.cfg.kv_bytes_per_token(4)
+
+
+def test_sampling_with_a_seed_is_reproducible_across_batches(models):
+    model = models["tiny"]
+    p = prompts_for(model, (9, 14), seed=5)
+    sampled = SamplingParams(max_new_tokens=20, temperature=1.0, top_p=0.9, seed=1234)
+    alone = tokens(collect(torch_executor(model), [Request("s", p[0], sampled)]))["s"]
+    mixed = tokens(collect(torch_executor(model, max_num_tokens=8, block_size=3),
+                           [Request("g", p[1], SamplingParams(max_new_tokens=20)), Request("s", p[0], sampled)]))
+    other_seed = SamplingParams(max_new_tokens=20, temperature=1.0, top_p=0.9, seed=99)
+    other = tokens(collect(torch_executor(model), [Request("s", p[0], other_seed)]))["s"]
+    assert mixed["s"] == alone and other != alone
+    assert mixed["g"] == reference_alone(model, [p[1]], SamplingParams(max_new_tokens=20))["0"]
+
+
+def test_eos_and_max_seq_len_end_requests_like_the_reference(models):
+    model = models["tiny"]
+    prompt = prompts_for(model, (11,), seed=6)[0]
+    free = reference_alone(model, [prompt], SamplingParams(max_new_tokens=10))["0"]
+    eos = free[4]
+    ex = torch_executor(model, eos_ids=[eos])
+    ev = collect(ex, [Request("e", prompt, SamplingParams(max_new_tokens=10))])["e"]
+    assert [e.token_id for e in ev] == free[:free.index(eos) + 1] and ev[-1].finish_reason == "stop"
+    short = TorchExecutor(model, eos_ids=[], max_seq_len=14)
+    ref = ReferenceExecutor(model, eos_ids=[], max_seq_len=14)
+    got = collect(short, [Request("x", prompt, SamplingParams(max_new_tokens=10))])["x"]
+    want = collect(ref, [Request("x", prompt, SamplingParams(max_new_tokens=10))])["x"]
+    assert [(e.token_id, e.finish_reason) for e in got] == [(e.token_id, e.finish_reason) for e in want]
+    assert got[-1].finish_reason == "length"
+
+
+def test_module_path_with_hooks_gives_the_same_tokens_as_the_packed_path(models):
+    model = models["tiny"]
+    prompts = prompts_for(model, (13, 6), seed=7)
+    params = SamplingParams(max_new_tokens=8)
+    packed = torch_executor(model, max_num_tokens=9, block_size=4)
+    handle = model.transformer.layers[0].mlp.register_forward_pre_hook(lambda module, args: None)
+    try:
+        hooked = torch_executor(model, max_num_tokens=9, block_size=4)
+        assert packed.packed_weights is not None and hooked.packed_weights is None
+        requests = [Request(str(i), p, params) for i, p in enumerate(prompts)]
+        assert tokens(collect(hooked, requests)) == tokens(collect(packed, requests))
+    finally:
+        handle.remove()
+
+
+def test_packed_forward_is_bit_identical_to_the_module_forward(models):
+    from fathom.runtime.reference import StaticKVCache
+
+    model = models["tiny-gqa5"]
+    ids = torch.tensor(prompts_for(model, (19,), seed=8)[0])
+    cache = StaticKVCache(model, [0], 19)
+    cache.begin(19)
+    with torch.inference_mode():
+        want = model(ids[None], cache.positions(19), cache)[0]
+
+        class Dense:
+            def attend(self, layer, q, kv):  # the static cache in token-major layout: q (T, Hq, D), kv (T, 2, Hkv, D)
+                k, v = (t.transpose(0, 1)[None] for t in kv.unbind(1))
+                return cache(layer, q.transpose(0, 1)[None], k, v)[0].transpose(0, 1)
+
+        cache.begin(19)
+        got = model.forward_packed(ids, torch.arange(19), Dense())
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("kv_dtype, bound", [("int8", 0.1), ("fp8", 0.25)])
+def test_quantized_kv_storage_stays_close_to_the_float_path(models, kv_dtype, bound):
+    model = models["tiny-gqa5"]
+    prompts = prompts_for(model, (40, 33, 57), seed=0)
+
+    def first_logits(**kv):
+        ex = torch_executor(model, max_num_tokens=9, max_num_seqs=4, **kv)
+        seen = record_logits(ex)
+        collect(ex, [Request(str(i), p, SamplingParams(max_new_tokens=1)) for i, p in enumerate(prompts)])
+        return torch.stack([seen[str(i)][0] for i in range(len(prompts))]), ex
+
+    ref, _ = first_logits()
+    got, ex = first_logits(kv_dtype=kv_dtype, kv_scales=calibrate_kv_scales(model, prompts, kv_dtype))
+    assert ex.cache.kv.element_size() == 1
+    err = (got - ref).abs().max().item()
+    assert 1e-5 < err < bound * ref.std().item()  # quantized for real, and close
+
+
+def test_create_executor_names(models):
+    src = resolve_model("random:tiny")
+    ex = create_executor("auto", src, max_seq_len=64, block_size=8, max_num_tokens=32, max_num_seqs=2)
+    info = ex.describe()
+    assert info["executor"] == "torch" and info["device"] == "cpu" and info["block_size"] == 8
+    assert info["kv_cache_dtype"] == "float32" and info["cuda_graphs"] is None and info["packed_forward"]
+    assert create_executor("reference", src, max_seq_len=64).name == "reference"
+    with pytest.raises(FathomError, match="--executor trtllm runs a TensorRT-LLM engine"):
+        create_executor("trtllm", src)
+    with pytest.raises(FathomError, match="torch executor options"):
+        create_executor("torch", src, max_seq_len=64, blocksize=8)
+
+
+def test_a_quantized_models_kv_format_is_stored_quantized_for_real():
+    """A model carrying `kv_cache_quant` (a quantized checkpoint) gets fp8 pools with its scales, and
+    the model's K/V rounding hook leaves the quantizing to the cache: same tokens as asking for it."""
+    from fathom.build.quant.config import QuantAlgo
+    from fathom.runtime.quant_linear import install_kv_cache_quant
+
+    model = load_model(resolve_model("random:tiny"), "float32", "cpu", max_seq_len=128)
+    plain = load_model(resolve_model("random:tiny"), "float32", "cpu", max_seq_len=128)
+    scales = {i: torch.tensor([0.02 * (i + 1)]) for i in range(model.cfg.num_hidden_layers)}
+    install_kv_cache_quant(model, scales, QuantAlgo.FP8)
+    prompts = prompts_for(model, (21, 9), seed=9)
+    params = SamplingParams(max_new_tokens=10)
+    adopted = torch_executor(model, max_num_tokens=8, block_size=4)
+    assert adopted.describe()["kv_cache_dtype"] == "float8_e4m3fn" and adopted.packed_weights is None
+    explicit = torch_executor(plain, max_num_tokens=8, block_size=4, kv_dtype="fp8", kv_scales=(0.02, 0.04))
+    requests = [Request(str(i), p, params) for i, p in enumerate(prompts)]
+    assert tokens(collect(adopted, requests)) == tokens(collect(explicit, requests))
+
+
+def test_gpu_check_script_runs_its_whole_code_path_in_smoke_mode(tmp_path):
+    import json
+
+    from fathom.profiles import gpu_check
+
+    out = gpu_check.main(["--smoke", "--out", str(tmp_path / "check.json")])
+    record = json.loads(out.read_text())
+    assert record["smoke"] and record["copy"]["bandwidth_gb_s"] > 0
+    for name in ("bf16", "fp8"):
+        cases = record[name]["decode"]
+        assert [(c["batch"], c["context"]) for c in cases] == [(1, 16), (2, 16), (1, 48), (2, 48)]
+        assert all(c["tok_s"] > 0 and c["bytes_read_per_step"] > c["weight_bytes"] for c in cases)
+        assert record[name]["prefill"]["prompt_tokens"] == 64
+    assert record["fp8"]["executor"]["kv_cache_dtype"] == "float8_e4m3fn"
+    assert record["fp8"]["quantization"]["quant_algo"] == "FP8"
+
+
+def test_cuda_graph_bucketing_pads_with_null_rows_without_changing_logits(models):
+    """CudaGraphDecoder's padding, context buckets and static buffers, replayed eagerly on the CPU
+    (the capture itself needs CUDA): the same logits as the plain path, step for step."""
+    from fathom.runtime.torch_executor import CudaGraphDecoder
+
+    class EagerReplay(CudaGraphDecoder):
+        def _capture(self, b, S):
+            logits = self._step(b, S)
+
+            class Graph:
+                def replay(_):
+                    logits.copy_(self._step(b, S))
+            return Graph(), logits
+
+    model = models["tiny-gqa5"]
+    prompts = prompts_for(model, (5, 120, 17), seed=10)
+    requests = [Request(str(i), p, SamplingParams(max_new_tokens=9)) for i, p in enumerate(prompts)]
+    runs = []
+    for graphs in (False, True):
+        ex = torch_executor(model, max_num_tokens=64, max_num_seqs=3, block_size=8)
+        if graphs:
+            ex.graphs = EagerReplay(ex._run_model, ex.attn, 3, ex.max_seq_len, ex.device)
+        seen = record_logits(ex)
+        runs.append((tokens(collect(ex, requests)), seen, ex))
+    (plain, plain_logits, _), (graphed, graph_logits, ex) = runs
+    assert graphed == plain
+    assert_close_logits(graph_logits, plain_logits, tol=1e-5)
+    assert (4, 256) in ex.graphs.graphs  # 3 sequences padded to the batch bucket 4, contexts to 256
