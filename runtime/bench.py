@@ -263,7 +263,7 @@ def run_phases(drive, warmup: list[Prompt], measured: list[Prompt], cfg: BenchCo
 
 def bench_model(model: str, cfg: BenchConfig = BenchConfig(), executor: str = "auto", dtype: str = "auto",
                 device: str | None = None, endpoint: str | None = None, tokenizer: str | None = None,
-                max_seq_len: int | None = None, profile: bool = True, interval_ms: float = 100.0,
+                max_seq_len: int | None = None, threads: int | None = None, profile: bool = True, interval_ms: float = 100.0,
                 out: str | Path | None = None, write: bool = True, timeseries: bool = False,
                 progress: bool = False, request_timeout_s: float = 600.0, nvml_module=None) -> dict:
     """Benchmark MODEL (or the served model at `endpoint`) and return its run record.
@@ -297,7 +297,8 @@ def bench_model(model: str, cfg: BenchConfig = BenchConfig(), executor: str = "a
         warmup, measured = make_prompts(cfg, source.config.vocab_size, tok)
         longest = max(len(p.ids or ()) + p.output_len for p in warmup + measured)
         ex = create_executor(executor, source, dtype=dtype, device=device,
-                             max_seq_len=max_seq_len or longest, eos_ids=source.config.eos_token_ids)
+                             max_seq_len=max_seq_len or longest, eos_ids=source.config.eos_token_ids,
+                             threads=threads)
         info = ex.describe()
         run = run_phases(lambda ps, tag: drive_executor(ex, ps, cfg, tag, progress), warmup, measured, cfg,
                          profile, interval_ms, device=info.get("device", device), nvml_module=nvml_module)

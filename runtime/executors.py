@@ -20,10 +20,33 @@ def resolve_executor_name(name: str, source: ModelSource) -> str:
     return name
 
 
+# Below this many weight bytes a CPU decode step is a chain of tiny kernels: extra intra-op threads
+# only add synchronization (measured 20 vs 990 tok/s on the demo model with 2 vs 1 threads on a
+# loaded 2-core VM, profiles/results/cpu_executor_vm.json).
+SMALL_MODEL_BYTES = 64 << 20
+
+
+def set_cpu_threads(threads: int | None, source: ModelSource, dtype: str) -> int:
+    """Apply `threads` (None = auto: 1 for small models, torch's default otherwise); return the count."""
+    import torch
+
+    from fathom.build.config import DTYPE_BYTES
+
+    if threads is None:
+        small = source.config.num_params() * DTYPE_BYTES.get(dtype, 4) < SMALL_MODEL_BYTES
+        threads = 1 if small else torch.get_num_threads()
+    if threads < 1:
+        raise FathomError(f"--threads {threads}: expected >= 1")
+    torch.set_num_threads(threads)
+    return threads
+
+
 def create_executor(name: str, source: ModelSource, dtype: str = "float32", device: str | None = None,
-                    max_seq_len: int = 16384, eos_ids: list[int] | None = None, **torch_options):
+                    max_seq_len: int = 16384, eos_ids: list[int] | None = None, threads: int | None = None,
+                    **torch_options):
     """Open `name` on `source`. `auto` picks trtllm for an engine directory and torch otherwise.
 
+    `threads`: CPU intra-op threads (None = auto, see set_cpu_threads).
     `torch_options` go to the torch executor (see torch_executor.executor_config: max_num_tokens,
     max_num_seqs, block_size, kv_dtype, kv_scales, prefix_reuse, gpu_memory_fraction, ...).
     """
@@ -32,8 +55,10 @@ def create_executor(name: str, source: ModelSource, dtype: str = "float32", devi
         from .trtllm_executor import TrtllmExecutor
 
         return TrtllmExecutor(source.path, source.config, eos_ids=eos_ids, max_seq_len=max_seq_len)
-    from .loader import load_model
+    from .loader import default_device, load_model
 
+    if (device or default_device()).startswith("cpu"):
+        set_cpu_threads(threads, source, dtype)
     model = load_model(source, dtype=dtype, device=device, max_seq_len=max_seq_len)
     if name == "reference":
         from .reference import ReferenceExecutor

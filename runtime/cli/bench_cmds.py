@@ -43,7 +43,7 @@ FORMATS = click.Choice(["table", "markdown", "json"])
               help="Records file to append to (default: profiles/results/<host>-<gpu>.jsonl).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random prompts and arrivals.")
 @json_option
-def bench(model, executor, dtype, device, tokenizer, max_seq_len, input_len, output_len, num_requests, batch_size,
+def bench(model, executor, dtype, device, tokenizer, threads, max_seq_len, input_len, output_len, num_requests, batch_size,
           concurrency, request_rate, warmup, dataset, slo_ttft_ms, slo_tpot_ms, endpoint, request_timeout_s, profile,
           profile_interval_ms, timeseries, out, seed, as_json):
     """Measure TTFT, TPOT, ITL, throughput, memory and energy of MODEL; append a run record."""
@@ -56,7 +56,7 @@ def bench(model, executor, dtype, device, tokenizer, max_seq_len, input_len, out
                       concurrency=concurrency, request_rate=request_rate, warmup=warmup, dataset=dataset,
                       slo_ttft_ms=slo_ttft_ms, slo_tpot_ms=slo_tpot_ms, seed=seed)
     record = bench_model(model, cfg, executor=executor, dtype=dtype, device=device, endpoint=endpoint,
-                         tokenizer=tokenizer, max_seq_len=max_seq_len, profile=profile,
+                         tokenizer=tokenizer, max_seq_len=max_seq_len, threads=threads, profile=profile,
                          interval_ms=profile_interval_ms, out=out, timeseries=timeseries,
                          progress=is_tty() and not as_json, request_timeout_s=request_timeout_s)
     path = out or default_results_file(record)

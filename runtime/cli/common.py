@@ -31,6 +31,8 @@ def runtime_options(f):
         click.option("--device", default=None, envvar="FATHOM_DEVICE", help="cpu, cuda, cuda:1 (default: cuda if available)."),
         click.option("--tokenizer", type=click.Path(file_okay=False), default=None,
                      help="Tokenizer directory when MODEL has none."),
+        click.option("--threads", type=click.IntRange(1), default=None, envvar="FATHOM_THREADS",
+                     help="CPU threads (default: 1 for small models, where more threads only add overhead)."),
         click.option("--max-seq-len", type=click.IntRange(16), default=16384, show_default=True,
                      help="KV cache capacity per sequence (prompt + output)."),
     ]
@@ -49,7 +51,7 @@ def resolve_dtype(dtype: str, device: str | None) -> tuple[str, str]:
 
 
 def open_runtime(model: str, executor: str, dtype: str, device: str | None, tokenizer: str | None,
-                 max_seq_len: int):
+                 max_seq_len: int, threads: int | None = None):
     """Resolve MODEL, open the executor and the tokenizer. Returns (source, executor, tokenizer)."""
     from fathom.build.sources import resolve_model
     from fathom.runtime.chat import load_tokenizer
@@ -59,5 +61,6 @@ def open_runtime(model: str, executor: str, dtype: str, device: str | None, toke
     tok = load_tokenizer(source.tokenizer_dir, model)
     dtype, device = resolve_dtype(dtype, device)
     eos = source.config.eos_token_ids or ([tok.eos_token_id] if tok.eos_token_id is not None else [])
-    ex = create_executor(executor, source, dtype=dtype, device=device, max_seq_len=max_seq_len, eos_ids=eos)
+    ex = create_executor(executor, source, dtype=dtype, device=device, max_seq_len=max_seq_len, eos_ids=eos,
+                         threads=threads)
     return source, ex, tok
