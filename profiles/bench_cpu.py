@@ -3,7 +3,8 @@
 1. Per-token overhead, small models (hidden <= 256, and the embedded demo model when present):
    output tokens/s of the torch executor vs HF transformers `generate` on the same weights
    (Qwen2ForCausalLM from the same HF directory), float32, greedy, fixed lengths (prompt 32, 128 new
-   tokens, eos ignored), batch 1 and 8. Targets: >= 3x at batch 1, >= 5x at batch 8.
+   tokens, eos ignored), batch 1 and 8. Targets: >= 3x at batch 1, >= 5x at batch 8. The static-batch
+   reference executor is measured beside them (`reference_tok_s`, `reference_speedup`).
 2. Memory-bound decode (preset small-100m, ~170 MB of float32 weights): time per decode token at
    batch 1 vs one pass over the weights (sum of every parameter tensor: the bandwidth roofline of
    this CPU, measured in the same run). Target: <= 1.25x.
@@ -84,25 +85,34 @@ def overhead_case(name: str, hf_dir: Path, batch: int, repeats: int) -> dict:
 
     source = resolve_model(str(hf_dir))
     ours = create_executor("torch", source, dtype="float32", device="cpu", max_seq_len=1024, eos_ids=[])
+    # The static-batch reference executor (issue 2's baseline), on its own copy of the weights.
+    reference = create_executor("reference", source, dtype="float32", device="cpu", max_seq_len=1024, eos_ids=[])
     hf = Qwen2ForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
     prompts = prompts_for(source.config.vocab_size, batch, PROMPT_TOKENS)
     tokens = batch * NEW_TOKENS
-    got = run_ours(ours, prompts, NEW_TOKENS, "warm")  # warm-up, and the output check
     want = run_hf(hf, prompts, NEW_TOKENS)
-    same = all([e.token_id for e in got[f"warm-{i}"]] == want[i].tolist() for i in range(batch))
-    walls = {"torch": [], "hf": []}
-    cpus = {"torch": [], "hf": []}
+    same = {}
+    for key, ex in (("torch", ours), ("reference", reference)):
+        got = run_ours(ex, prompts, NEW_TOKENS, "warm")  # warm-up, and the output check
+        same[key] = all([e.token_id for e in got[f"warm-{i}"]] == want[i].tolist() for i in range(batch))
+    runners = {"torch": lambda r: run_ours(ours, prompts, NEW_TOKENS, f"r{r}"),
+               "reference": lambda r: run_ours(reference, prompts, NEW_TOKENS, f"ref{r}"),
+               "hf": lambda r: run_hf(hf, prompts, NEW_TOKENS)}
+    walls = {k: [] for k in runners}
+    cpus = {k: [] for k in runners}
     for r in range(repeats):
-        for key, fn in (("torch", lambda: run_ours(ours, prompts, NEW_TOKENS, f"r{r}")),
-                        ("hf", lambda: run_hf(hf, prompts, NEW_TOKENS))):
-            w, c = _timed(fn)
+        for key, fn in runners.items():
+            w, c = _timed(lambda: fn(r))
             walls[key].append(w)
             cpus[key].append(c)
     tps = {k: tokens / _median(v) for k, v in walls.items()}
     return {"model": name, "batch": batch, "prompt_tokens": PROMPT_TOKENS, "new_tokens": NEW_TOKENS,
-            "tokens_match_hf": same, "torch_tok_s": tps["torch"], "hf_tok_s": tps["hf"],
-            "speedup": tps["torch"] / tps["hf"], "speedup_cpu_time": _median(cpus["hf"]) / _median(cpus["torch"]),
-            "torch_wall_s": walls["torch"], "hf_wall_s": walls["hf"], "target": 3.0 if batch == 1 else 5.0,
+            "tokens_match_hf": same["torch"], "reference_tokens_match_hf": same["reference"],
+            "torch_tok_s": tps["torch"], "reference_tok_s": tps["reference"], "hf_tok_s": tps["hf"],
+            "speedup": tps["torch"] / tps["hf"], "reference_speedup": tps["reference"] / tps["hf"],
+            "speedup_cpu_time": _median(cpus["hf"]) / _median(cpus["torch"]),
+            "torch_wall_s": walls["torch"], "reference_wall_s": walls["reference"], "hf_wall_s": walls["hf"],
+            "target": 3.0 if batch == 1 else 5.0,
             "executor": ours.describe()}
 
 
@@ -215,7 +225,8 @@ def main(argv: list[str] | None = None) -> Path:
     tmp_out.replace(args.out)
     for case in record["overhead"]:
         print(f"{case['model']:>18} batch {case['batch']}: torch {case['torch_tok_s']:8.0f} tok/s, HF {case['hf_tok_s']:7.0f} "
-              f"tok/s, {case['speedup']:.2f}x (target {case['target']:.0f}x), tokens match HF: {case['tokens_match_hf']}")
+              f"tok/s, {case['speedup']:.2f}x (target {case['target']:.0f}x); reference {case['reference_tok_s']:.0f} tok/s, "
+              f"{case['reference_speedup']:.2f}x; tokens match HF: {case['tokens_match_hf']}/{case['reference_tokens_match_hf']}")
     for mb in record["memory_bound"]:
         print(f"small-100m, {mb['threads']} thread(s): decode {mb['decode_s_per_token'] * 1e3:.2f} ms/token vs weights "
               f"pass {mb['read_all_weights_s'] * 1e3:.2f} ms: {mb['ratio_to_roofline']:.2f}x (target <= 1.25x)")
