@@ -36,6 +36,12 @@ class FathomGroup(click.Group):
     def list_commands(self, ctx):
         return list(self.commands)  # registration order, grouped by pipeline stage
 
+    def format_commands(self, ctx, formatter):
+        # Click cuts short help at the terminal width with "..."; show each first sentence whole (wrapped).
+        rows = [(name, self.commands[name].get_short_help_str(limit=200)) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
 
 @click.group(cls=FathomGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(version(), "--version", prog_name="fathom")
