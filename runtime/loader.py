@@ -43,8 +43,14 @@ def load_model(source: ModelSource, dtype: str = "float32", device: str | None =
         tensors = native_tensors_from_hf(source, device=device)
     elif source.kind == "checkpoint":
         from fathom.build.checkpoint import load_native_tensors
+        from fathom.build.quant.config import read_quant_config
 
         tensors = load_native_tensors(source.path)
+        qcfg = read_quant_config(source.path)
+        if qcfg.quantized:
+            from .quant_linear import load_quantized_model
+
+            return load_quantized_model(source.config, tensors, qcfg, torch_dtype(dtype), device, max_seq_len)
     else:
         raise ConfigError(f"{source.spec}: the torch executor cannot run a TensorRT engine; "
                           "pass the checkpoint it was built from, or use --executor trtllm")

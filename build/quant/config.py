@@ -1,0 +1,188 @@
+"""Quantization formats as data: the `QuantAlgo` enum and the config.json `quantization` block.
+
+The block is read by tensorrt-llm 1.2.1 as `QuantConfig(**config["quantization"])`
+(tensorrt_llm/models/modeling_utils.py, `QuantConfig.from_dict`), so an unknown key is a
+TypeError there: we write only fields that class declares. `exclude_modules` are fnmatch patterns
+matched against module names (tensorrt_llm/quantization/quantize.py, `quantize_layers`); a list
+replaces TRT-LLM's defaults (`*lm_head`, `*vocab_embedding`, ...), so ours always names the
+embedding as well.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from fathom.build.config import ModelConfig, read_json
+from fathom.build.errors import ConfigError
+from fathom.build.transform import QuantizationSpec
+
+
+class QuantAlgo(str, Enum):
+    """Values exactly as tensorrt_llm/quantization/mode.py `QuantAlgo` writes them."""
+
+    FP8 = "FP8"
+    W8A16 = "W8A16"
+    W4A16_AWQ = "W4A16_AWQ"
+    INT8 = "INT8"  # KV cache only
+
+
+WEIGHT_ALGOS = (QuantAlgo.FP8, QuantAlgo.W8A16, QuantAlgo.W4A16_AWQ)
+KV_ALGOS = (QuantAlgo.FP8, QuantAlgo.INT8)
+CLI_QUANT = {"none": None, "fp8": QuantAlgo.FP8, "w8a16": QuantAlgo.W8A16, "w4a16_awq": QuantAlgo.W4A16_AWQ}
+CLI_KV = {"none": None, "fp8": QuantAlgo.FP8, "int8": QuantAlgo.INT8}
+EMBEDDING_MODULE = "transformer.vocab_embedding"
+DEFAULT_EXCLUDE = ("lm_head",)
+AWQ_GROUP_SIZES = (64, 128)  # what TRT-LLM's fine-grained int4 GEMM kernels implement
+
+# Linear modules of layer {}: TRT-LLM name suffix -> tensor-parallel style.
+# Column-parallel splits the output dim (qkv per q/k/v part), row-parallel the input dim.
+LAYER_LINEARS = {
+    "attention.qkv": "column",
+    "attention.dense": "row",
+    "mlp.fc": "column",
+    "mlp.gate": "column",
+    "mlp.proj": "row",
+}
+
+
+def linear_modules(cfg: ModelConfig) -> dict[str, str]:
+    """Every linear module of the model (TRT-LLM names) -> "column" | "row"."""
+    out = {f"transformer.layers.{i}.{suffix}": style
+           for i in range(cfg.num_hidden_layers) for suffix, style in LAYER_LINEARS.items()}
+    out["lm_head"] = "column"
+    return out
+
+
+def linear_dims(cfg: ModelConfig, module: str) -> tuple[int, int]:
+    """(out_features, in_features) of a linear module, unsharded."""
+    h, i = cfg.hidden_size, cfg.intermediate_size
+    suffix = module.split(".", 3)[-1] if module.startswith("transformer.layers.") else module
+    dims = {"attention.qkv": (cfg.q_size + 2 * cfg.kv_size, h), "attention.dense": (h, cfg.q_size),
+            "mlp.fc": (i, h), "mlp.gate": (i, h), "mlp.proj": (h, i), "lm_head": (cfg.vocab_size, h)}
+    return dims[suffix]
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    quant_algo: QuantAlgo | None = None
+    kv_cache_quant_algo: QuantAlgo | None = None
+    group_size: int = 128
+    has_zero_point: bool = False
+    pre_quant_scale: bool = False
+    exclude_modules: tuple[str, ...] | None = None
+    source: str = "quantization"  # where it came from, for errors
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("quant_algo", WEIGHT_ALGOS), ("kv_cache_quant_algo", KV_ALGOS)):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if value not in [a.value for a in allowed]:
+                raise ConfigError(f"{self.source}: field '{name}' = {value!r}, expected null or one of "
+                                  f"{', '.join(a.value for a in allowed)}")
+            object.__setattr__(self, name, QuantAlgo(value))
+        if not isinstance(self.group_size, int) or self.group_size <= 0:
+            raise ConfigError(f"{self.source}: field 'group_size' = {self.group_size!r}, expected a positive integer")
+        if self.has_zero_point:
+            raise ConfigError(f"{self.source}: field 'has_zero_point' = true is not supported (symmetric formats only)")
+        if self.exclude_modules is not None:
+            object.__setattr__(self, "exclude_modules", tuple(self.exclude_modules))
+
+    @property
+    def quantized(self) -> bool:
+        return self.quant_algo is not None or self.kv_cache_quant_algo is not None
+
+    def is_excluded(self, module: str) -> bool:
+        """TRT-LLM's rule: any exclude pattern fnmatch-es the module name."""
+        return any(fnmatch.fnmatchcase(module, p) for p in self.exclude_modules or ())
+
+    def quantizes(self, module: str) -> bool:
+        return self.quant_algo is not None and not self.is_excluded(module)
+
+    def to_spec(self) -> QuantizationSpec:
+        """The converter's config.json block (fathom.build.transform.QuantizationSpec)."""
+        return QuantizationSpec(
+            quant_algo=self.quant_algo.value if self.quant_algo else None,
+            kv_cache_quant_algo=self.kv_cache_quant_algo.value if self.kv_cache_quant_algo else None,
+            group_size=self.group_size, has_zero_point=self.has_zero_point,
+            pre_quant_scale=self.pre_quant_scale, exclude_modules=self.exclude_modules)
+
+    def to_trtllm_dict(self) -> dict:
+        """The config.json `quantization` block."""
+        return self.to_spec().to_dict()
+
+    @classmethod
+    def from_spec(cls, spec: QuantizationSpec, source: str = "quantization") -> "QuantConfig":
+        return cls(quant_algo=spec.quant_algo, kv_cache_quant_algo=spec.kv_cache_quant_algo,
+                   group_size=spec.group_size, has_zero_point=spec.has_zero_point,
+                   pre_quant_scale=spec.pre_quant_scale, exclude_modules=spec.exclude_modules, source=source)
+
+    @classmethod
+    def from_trtllm_dict(cls, d: dict | None, source: str = "config.json") -> "QuantConfig":
+        if d is None:
+            return cls(source=source)
+        excl = d.get("exclude_modules") if isinstance(d, dict) else None
+        if excl is not None and (not isinstance(excl, list) or not all(isinstance(p, str) for p in excl)):
+            raise ConfigError(f"{source}: field 'quantization.exclude_modules' = {excl!r}, expected a list of strings")
+        return cls.from_spec(QuantizationSpec.from_dict(d, source), source=f"{source}: quantization")
+
+
+def read_quant_config(checkpoint_dir: str | Path) -> QuantConfig:
+    path = Path(checkpoint_dir) / "config.json"
+    return QuantConfig.from_trtllm_dict(read_json(path).get("quantization"), source=str(path))
+
+
+def make_quant_config(cfg: ModelConfig, quant: str = "none", kv_cache: str = "auto",
+                      exclude: list[str] | None = None, group_size: int = 128) -> QuantConfig:
+    """The config for `fathom convert --quant Q --kv-cache K --exclude ...`, checked against the model.
+
+    `kv_cache` auto: an FP8 KV cache with --quant fp8, the model dtype otherwise.
+    `exclude` (module names or fnmatch patterns) replaces the default ["lm_head"]; the embedding is
+    always listed (it is never quantized here, and an unlisted one would be quantized by TRT-LLM's
+    W8A16 loader).
+    """
+    if quant not in CLI_QUANT:
+        raise ConfigError(f"--quant {quant!r}: expected one of {', '.join(CLI_QUANT)}")
+    algo = CLI_QUANT[quant]
+    if kv_cache == "auto":
+        kv = QuantAlgo.FP8 if algo is QuantAlgo.FP8 else None
+    elif kv_cache in CLI_KV:
+        kv = CLI_KV[kv_cache]
+    else:
+        raise ConfigError(f"--kv-cache {kv_cache!r}: expected auto or one of {', '.join(CLI_KV)}")
+    if algo is None and kv is None:
+        return QuantConfig()
+    patterns = list(DEFAULT_EXCLUDE if exclude is None else exclude)
+    modules = linear_modules(cfg)
+    for p in patterns:
+        if not any(fnmatch.fnmatchcase(m, p) for m in [*modules, EMBEDDING_MODULE]):
+            raise ConfigError(f"--exclude {p!r}: matches no module (e.g. lm_head, "
+                              f"transformer.layers.0.mlp.proj, '*.attention.dense')")
+    lm_head_rule = {
+        # convert_utils.weight_only_quantize_dict quantizes only these weights at load.
+        QuantAlgo.W8A16: "TRT-LLM 1.2.1 quantizes only qkv/dense/fc/gate/proj weights at load",
+        QuantAlgo.W4A16_AWQ: "its vocab padding under tensor parallelism does not follow int4 row pairs",
+    }
+    if algo in lm_head_rule and not any(fnmatch.fnmatchcase("lm_head", p) for p in patterns):
+        raise ConfigError(f"--exclude: {quant} keeps lm_head unquantized ({lm_head_rule[algo]}); "
+                          "add lm_head to the list")
+    if EMBEDDING_MODULE not in patterns:
+        patterns.append(EMBEDDING_MODULE)
+    if algo is QuantAlgo.W8A16:
+        # The load-time quantizer matches the patterns against tensor names
+        # (`...mlp.proj.weight`), quantize_layers against module names: list both forms.
+        patterns += [f"{p}.*" for p in patterns if f"{p}.*" not in patterns]
+    awq = algo is QuantAlgo.W4A16_AWQ
+    qcfg = QuantConfig(quant_algo=algo, kv_cache_quant_algo=kv, group_size=group_size,
+                       pre_quant_scale=awq, exclude_modules=tuple(patterns), source="--quant")
+    if awq:
+        for module in modules:
+            if qcfg.quantizes(module) and linear_dims(cfg, module)[1] % group_size:
+                suffix = module.split(".", 3)[-1]
+                raise ConfigError(f"--quant w4a16_awq: {module} has {linear_dims(cfg, module)[1]} input features, "
+                                  f"not a multiple of the group size {group_size}; leave it unquantized with "
+                                  f"--exclude lm_head,'*.{suffix}'")
+    return qcfg

@@ -1,0 +1,58 @@
+"""`fathom convert --quant ...`: the quantization config, checks and calibration run before conversion.
+
+Everything that can be refused is refused before calibration starts (it can take minutes), and
+calibration runs before the converter writes anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from fathom.build.errors import OutputExistsError
+from fathom.build.mapping import Mapping
+from fathom.build.sources import ModelSource
+
+from .calibrate import CalibConfig, needs_calibration, run_calibration
+from .config import make_quant_config
+from .quantizer import QuantTransform, check_quant_mapping
+
+
+@dataclass(frozen=True)
+class QuantOptions:
+    quant: str = "none"  # none | fp8 | w8a16 | w4a16_awq
+    kv_cache: str = "auto"  # auto | none | fp8 | int8
+    exclude: tuple[str, ...] | None = None  # None: the default ["lm_head"]
+    group_size: int = 128
+    calib: CalibConfig = CalibConfig()
+
+
+def parse_exclude(text: str | None) -> tuple[str, ...] | None:
+    """`--exclude lm_head,*.mlp.proj` -> ("lm_head", "*.mlp.proj"); an empty string excludes nothing."""
+    if text is None:
+        return None
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+def prepare_transform(source: ModelSource, out: str | Path, options: QuantOptions, tp: int = 1, pp: int = 1,
+                      force: bool = False, progress: bool = False) -> QuantTransform | None:
+    """The converter transform for `options` (None: unquantized), calibrated when the format needs it."""
+    cfg = source.config
+    qcfg = make_quant_config(cfg, options.quant, options.kv_cache,
+                             list(options.exclude) if options.exclude is not None else None, options.group_size)
+    if not qcfg.quantized:
+        return None
+    Mapping(tp, pp).check_model(cfg)
+    check_quant_mapping(qcfg, cfg, tp)
+    if Path(out).exists() and not force:
+        raise OutputExistsError(f"{Path(out).absolute()}: already exists (pass --force to overwrite)")
+    stats = run_calibration(source, options.calib, progress=progress) if needs_calibration(qcfg) else None
+    return QuantTransform(qcfg, cfg, stats)
+
+
+def transform_report(transform: QuantTransform | None) -> dict | None:
+    """Calibration and AWQ search summary for the conversion result."""
+    if transform is None:
+        return None
+    return {"calibration": transform.stats.summary() if transform.stats else None,
+            "awq_search": transform.awq_search or None}

@@ -1,0 +1,134 @@
+"""The converter hook: `QuantTransform` turns each unsharded TRT-LLM tensor into what a quantized
+checkpoint stores for it (fathom.build.transform.TensorTransform).
+
+`specs(base)` declares the stored tensors (names, unsharded shapes, dtypes, and how each is split
+under tensor parallelism) from the config alone, so a checkpoint can be planned, verified and
+merged back without calibration data; `apply(base, tensor)` computes them and needs the calibration
+statistics for FP8, AWQ and KV cache scales.
+
+Tensor parallelism (TRT-LLM loads each rank's tensors as they are, so the splits must match its
+layers' shapes): quantization always runs on the unsharded tensor, then
+- quantized weights and per-channel/per-group scales are split with their weight (qkv per
+  q/k/v part; an int4-packed qkv by half rows, since each byte holds two output rows of one head);
+- per-tensor scales (FP8 weight/activation, KV cache) are replicated: every rank gets the same value;
+- `prequant_scaling_factor` (per input channel) is replicated for column-parallel linears and split
+  with the input features for row-parallel ones (attention.dense, mlp.proj).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fathom.build.config import ModelConfig
+from fathom.build.errors import ConfigError, WeightsError
+from fathom.build.layout import TensorSpec
+from fathom.build.tp_split import ShardKind
+
+from .awq import quantize_linear_awq
+from .calibrate import CalibStats
+from .config import QuantAlgo, QuantConfig, linear_dims, linear_modules
+from .fp8 import amax, quantize_linear_fp8
+from .kv_cache import kv_cache_scale
+
+KV_SCALE = "attention.kv_cache_scaling_factor"
+FP8_SHARED_SCALE = (("mlp.fc", "mlp.gate"),)  # modules that share one FP8 weight scale (see fp8.py)
+
+
+def _packed_kind(kind: ShardKind) -> ShardKind:
+    """Shard kind of an int4-packed weight (out/2 rows): a qkv needs the half-row rule."""
+    return ShardKind.QKV_INT4 if kind is ShardKind.QKV else kind
+
+
+class QuantTransform:
+    def __init__(self, qcfg: QuantConfig, cfg: ModelConfig, stats: CalibStats | None = None):
+        self.qcfg, self.cfg, self.stats = qcfg, cfg, stats
+        self.quantization = qcfg.to_spec()
+        self.linears = linear_modules(cfg)
+        self.awq_search: dict[str, dict] = {}  # module -> AwqSearch fields, for the conversion report
+
+    # ---- planning ------------------------------------------------------------------------
+    def _quantized_module(self, name: str) -> str | None:
+        module, _, leaf = name.rpartition(".")
+        if leaf == "weight" and module in self.linears and self.qcfg.quantizes(module):
+            return module
+        return None
+
+    def specs(self, base: TensorSpec) -> list[TensorSpec]:
+        module = self._quantized_module(base.name)
+        algo = self.qcfg.quant_algo
+        out = [base]
+        if module is not None and algo is QuantAlgo.FP8:
+            out = [TensorSpec(base.name, base.shape, torch.float8_e4m3fn, base.kind),
+                   TensorSpec(f"{module}.weights_scaling_factor", (1,), torch.float32, ShardKind.REPLICATED),
+                   TensorSpec(f"{module}.activation_scaling_factor", (1,), torch.float32, ShardKind.REPLICATED)]
+        elif module is not None and algo is QuantAlgo.W4A16_AWQ:
+            out_f, in_f = base.shape
+            row_parallel = self.linears[module] == "row"
+            out = [TensorSpec(base.name, (out_f // 2, in_f), torch.int8, _packed_kind(base.kind)),
+                   TensorSpec(f"{module}.weights_scaling_factor", (out_f, in_f // self.qcfg.group_size),
+                              base.dtype, base.kind),
+                   TensorSpec(f"{module}.prequant_scaling_factor", (in_f,), base.dtype,
+                              ShardKind.COLUMN if row_parallel else ShardKind.REPLICATED)]
+        # W8A16 stores the weight in the model dtype: TRT-LLM quantizes it at load (see int8.py).
+        if self.qcfg.kv_cache_quant_algo is not None and base.name.endswith(".attention.qkv.weight"):
+            name = base.name[: -len("attention.qkv.weight")] + KV_SCALE
+            out.append(TensorSpec(name, (1,), torch.float32, ShardKind.REPLICATED))
+        return out
+
+    # ---- producing -----------------------------------------------------------------------
+    def _require_stats(self, what: str) -> CalibStats:
+        if self.stats is None:
+            raise WeightsError(f"{what}: needs calibration statistics (fathom convert --calib-data ...)")
+        return self.stats
+
+    def _fp8(self, module: str, weight: torch.Tensor) -> dict[str, torch.Tensor]:
+        stats = self._require_stats(f"{module} (FP8)")
+        w_amax = amax(weight)
+        for group in FP8_SHARED_SCALE:
+            if module.endswith(group):
+                prefix = module.rsplit(".", 2)[0]
+                w_amax = torch.tensor(max(stats.weight_amax[f"{prefix}.{m}"] for m in group))
+        return quantize_linear_fp8(weight, w_amax, stats.linear(module).amax)
+
+    def _awq(self, module: str, weight: torch.Tensor, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        stats = self._require_stats(f"{module} (W4A16_AWQ)")
+        inputs = stats.linear(module)
+        if not inputs.rows:
+            raise WeightsError(f"{module} (W4A16_AWQ): calibration kept no input rows (awq_rows = 0)")
+        tensors, found = quantize_linear_awq(weight, inputs.act_mean, inputs.samples(), self.qcfg.group_size, dtype)
+        self.awq_search[module] = {"alpha": found.alpha, "mse": found.loss, "mse_rtn": found.loss_rtn}
+        return tensors
+
+    def apply(self, base: TensorSpec, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
+        module = self._quantized_module(base.name)
+        algo = self.qcfg.quant_algo
+        if module is not None and algo is QuantAlgo.FP8:
+            produced = self._fp8(module, tensor)
+        elif module is not None and algo is QuantAlgo.W4A16_AWQ:
+            produced = self._awq(module, tensor, base.dtype)
+        else:
+            produced = {"weight": tensor.to(base.dtype)} if module else {base.name: tensor.to(base.dtype)}
+        out = {f"{module}.{k}": v for k, v in produced.items()} if module else produced
+        if self.qcfg.kv_cache_quant_algo is not None and base.name.endswith(".attention.qkv.weight"):
+            layer = int(base.name.split(".")[2])
+            name = base.name[: -len("attention.qkv.weight")] + KV_SCALE
+            stats = self._require_stats(name)
+            out[name] = kv_cache_scale(
+                stats.k_amax[layer], stats.v_amax[layer], self.qcfg.kv_cache_quant_algo)
+        return out
+
+
+def check_quant_mapping(qcfg: QuantConfig, cfg: ModelConfig, tp: int) -> None:
+    """Refuse tensor-parallel splits the int4 layout cannot follow (one-line ConfigError)."""
+    if qcfg.quant_algo is not QuantAlgo.W4A16_AWQ:
+        return
+    for module, style in linear_modules(cfg).items():
+        out_f, in_f = linear_dims(cfg, module)
+        if not qcfg.quantizes(module):
+            continue
+        if style == "row" and (in_f // tp) % qcfg.group_size:
+            raise ConfigError(f"--quant w4a16_awq --tp {tp}: {module} gives each rank {in_f // tp} input "
+                              f"features, not a multiple of the group size {qcfg.group_size}")
+        if style == "column" and not module.endswith(".attention.qkv") and (out_f // tp) % 2:
+            raise ConfigError(f"--quant w4a16_awq --tp {tp}: {module} gives each rank an odd number of "
+                              "output features; int4 packs them in pairs")
