@@ -1,36 +1,135 @@
-"""The steps of `fathom demo`, each a small function that prints its part of the tour."""
+"""The steps of `fathom demo`, each a small function that prints its part of the tour.
+
+1. the embedded model answers held-out problems (accuracy, tok/s, memory);
+2. it is converted into TensorRT-LLM checkpoints, bf16 and FP8 (calibrated), and each checkpoint
+   answers the same problems through the torch executor: the quantization trade-off side by side;
+3. a short benchmark of both, a comparison table and a PNG (throughput vs accuracy, latency, memory);
+4. the capacity plan for Fathom-R1-14B on H100 and L40S and the engine build it would run.
+Every number printed is measured in this run, except the plan, which says it is a datasheet model.
+"""
 
 from __future__ import annotations
 
 import resource
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
-from fathom.build.sources import resolve_model
+from fathom.build.sources import ModelSource, resolve_model
 
 from .chat import load_tokenizer
 from .executors import create_executor
-from .task_eval import answer_problems, heldout_problems
+from .task_eval import TaskResult, answer_problems, heldout_problems
 
 
 def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def run_demo(n_problems: int, show: int, device: str, echo: Callable, secho: Callable) -> None:
-    source = resolve_model("demo")
-    tok = load_tokenizer(source.tokenizer_dir, "demo")
-    cfg = source.config
-    secho("== fathom demo: the embedded Qwen2 model ==", bold=True)
-    echo(f"{cfg.num_params() / 1e6:.2f}M parameters, {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
-         f"{cfg.num_attention_heads} heads / {cfg.num_key_value_heads} KV heads, trained on held-in arithmetic in the R1 format")
-    executor = create_executor("auto", source, dtype="float32", device=device, eos_ids=cfg.eos_token_ids)
+@dataclass
+class Variant:
+    label: str
+    source: ModelSource
+    weight_bytes: int
+    result: TaskResult
+    describe: dict
+
+
+def run_demo(n_problems: int, show: int, device: str, out_dir: Path, echo: Callable, secho: Callable) -> None:
+    demo = resolve_model("demo")
+    tok = load_tokenizer(demo.tokenizer_dir, "demo")
     problems = heldout_problems(n_problems)
-    result = answer_problems(executor, tok, problems)
-    for p, c, ok in list(zip(result.problems, result.completions, result.correct))[:show]:
-        secho(f"\nQ: {p.question}", bold=True)
-        secho(c.reasoning, dim=True)
-        echo(f"A: {c.answer.strip()}  [{'correct' if ok else 'WRONG, expected ' + p.answer}]")
-    echo(f"\nheld-out accuracy: {sum(result.correct)}/{len(result.correct)} = {result.accuracy:.1%} (greedy)")
-    echo(f"throughput: {result.output_tok_s:.0f} output tok/s over {len(problems)} problems "
-         f"({executor.describe().get('executor')} executor, {device}, float32)")
-    echo(f"memory: peak RSS {peak_rss_bytes() / 2**20:.0f} MiB")
+    cfg = demo.config
+    secho("== 1. the embedded model ==", bold=True)
+    echo(f"Qwen2ForCausalLM, {cfg.num_params() / 1e6:.2f}M parameters: {cfg.num_hidden_layers} layers, hidden "
+         f"{cfg.hidden_size}, {cfg.num_attention_heads} heads / {cfg.num_key_value_heads} KV heads; trained on "
+         f"3-digit arithmetic in the R1 format (scripts/train_demo_model.py)")
+    base, _ = answer(demo, tok, problems, device)
+    for p, c, ok in list(zip(problems, base.completions, base.correct))[:show]:
+        secho(f"\nQ: {p.user_message}", bold=True)
+        secho(f"<think>\n{c.reasoning}\n</think>", dim=True)
+        echo(f"A: {c.answer.strip()}   [{'correct' if ok else 'WRONG, expected ' + p.answer}]")
+    echo(f"\nheld-out accuracy {sum(base.correct)}/{len(problems)} = {base.accuracy:.1%} (greedy); "
+         f"{base.output_tok_s:.0f} output tok/s; peak RSS {peak_rss_bytes() / 2**20:.0f} MiB")
+
+    secho("\n== 2. one artifact, two precisions: TensorRT-LLM checkpoints, bf16 vs FP8 ==", bold=True)
+    with tempfile.TemporaryDirectory(prefix="fathom-demo-") as tmp:
+        variants = [convert_and_answer(demo, Path(tmp), quant, tok, problems, device, echo)
+                    for quant in ("none", "fp8")]
+        print_side_by_side(variants, echo)
+        secho("\n== 3. benchmark and report ==", bold=True)
+        bench_and_report(variants, out_dir, echo)
+
+    secho("\n== 4. planning Fathom-R1-14B for a GPU (datasheet roofline, no GPU needed) ==", bold=True)
+    from fathom.engine.demo import demo_text
+
+    echo(demo_text())
+
+
+def answer(source: ModelSource, tok, problems, device: str) -> tuple[TaskResult, dict]:
+    """Greedy answers through the default executor; also returns what the executor ran."""
+    executor = create_executor("auto", source, dtype="float32", device=device, eos_ids=source.config.eos_token_ids,
+                               max_seq_len=512)
+    return answer_problems(executor, tok, problems), executor.describe()
+
+
+def convert_and_answer(demo: ModelSource, tmp: Path, quant: str, tok, problems, device: str, echo) -> Variant:
+    from fathom.build.convert import ConvertOptions
+    from fathom.build.quant.calibrate import CalibConfig
+    from fathom.build.quant.pipeline import QuantOptions, convert_quantized
+
+    label = "bf16" if quant == "none" else quant
+    out = tmp / f"demo-{label}"
+    # Calibration on 32 built-in sequences of 128 tokens: enough for a 4-layer model, a second on a CPU.
+    result = convert_quantized(demo, out, ConvertOptions(dtype="bfloat16"),
+                               QuantOptions(quant=quant, calib=CalibConfig("builtin", 32, 128, 0)))
+    q = result["quantization"]
+    echo(f"fathom convert demo {out.name} --dtype bfloat16" + (f" --quant {quant}" if quant != "none" else "")
+         + f": {result['total_bytes'] / 2**20:.2f} MiB in {result['seconds']:.1f} s"
+         + (f" (quant_algo {q['quant_algo']}, kv cache {q['kv_cache_quant_algo']})" if q["quant_algo"] else ""))
+    source = resolve_model(str(out))
+    res, describe = answer(source, tok, problems, device)
+    return Variant(label, source, result["total_bytes"], res, describe)
+
+
+def print_side_by_side(variants: list[Variant], echo) -> None:
+    echo(f"\n{'':<30}" + "".join(f"{v.label:>22}" for v in variants))
+    rows = [
+        ("checkpoint bytes", lambda v: f"{v.weight_bytes / 2**20:.2f} MiB"),
+        ("held-out accuracy", lambda v: f"{v.result.accuracy:.1%}"),
+        ("output tok/s (CPU, fp32 math)", lambda v: f"{v.result.output_tok_s:.0f}"),
+        ("linear kernels", lambda v: ",".join(k for k in sorted((v.describe.get("quantization") or {}).get(
+            "linear_paths", {"dense": 0})) if k != "unquantized")),
+        ("KV cache storage", lambda v: str(v.describe.get("kv_cache_dtype"))),
+    ]
+    for name, fn in rows:
+        echo(f"{name:<30}" + "".join(f"{fn(v):>22}" for v in variants))
+    a, b = variants[0].result.completions, variants[1].result.completions
+    echo(f"identical outputs {variants[0].label} vs {variants[1].label}: "
+         f"{sum(x.text == y.text for x, y in zip(a, b))}/{len(a)}")
+
+
+def bench_and_report(variants: list[Variant], out_dir: Path, echo) -> None:
+    from . import plots, records, report
+    from .bench import BenchConfig, bench_model
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records_file = out_dir / "records.jsonl"
+    subjects = []
+    for v in variants:
+        rec = bench_model(str(v.source.path), BenchConfig(num_requests=8, input_len=32, output_len=32),
+                          dtype="float32", device="cpu", out=records_file, max_seq_len=128)
+        env = records.environment(v.describe)
+        accuracy = records.make_record(
+            "eval", {"spec": v.label, "path": str(v.source.path)},
+            {"task": "demo arithmetic, held-out", "problems": len(v.result.problems), "greedy": True},
+            {"task_accuracy": v.result.accuracy, "correct": sum(v.result.correct)}, env)
+        records.append_record(accuracy, records_file)
+        subjects.append(report.Subject(v.label, rec, accuracy))
+    rows = report.compare(subjects[0], subjects[1:])
+    echo(report.render(rows, report.COMPARE_COLUMNS, "table"))
+    echo("(On a CPU, FP8 saves memory, not time: its matmuls are emulated. The speed-up needs an sm89+ GPU.)")
+    png = plots.pareto_plot(rows, out_dir / "demo_compare.png")
+    echo(f"records: {records_file}\nplot: {png}")
+

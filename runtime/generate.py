@@ -57,6 +57,10 @@ def generate_texts(executor: Executor, tokenizer, prompts: list[list[int]], para
             if event.token_id is not None:
                 first[i] = first[i] or event.time_s
                 ids[i].append(event.token_id)
+                if event.finish_reason == "stop":
+                    # The eos/stop token ends the output; like vLLM, it is not part of the text.
+                    reasons[i] = "stop"
+                    continue
                 delta = decoders[i].push(event.token_id)
                 cut = _find_stop(decoders[i].text, len(delta), params.stop_strings)
                 if cut is not None:
@@ -71,7 +75,6 @@ def generate_texts(executor: Executor, tokenizer, prompts: list[list[int]], para
     out = []
     for i, p in enumerate(prompts):
         text = decoders[i].text[:text_cut[i]] if text_cut[i] is not None else decoders[i].text
-        text = _strip_eos(text, tokenizer)
         split = split_reasoning(text, starts_in_think)
         out.append(Completion(
             prompt_tokens=len(p), token_ids=ids[i], text=text, reasoning=split.reasoning, answer=split.answer,
@@ -89,8 +92,3 @@ def _find_stop(text: str, delta_len: int, stops: tuple[str, ...]) -> int | None:
         if idx != -1 and (best is None or idx < best):
             best = idx
     return best
-
-
-def _strip_eos(text: str, tokenizer) -> str:
-    eos = getattr(tokenizer, "eos_token", None)
-    return text[: -len(eos)] if eos and text.endswith(eos) else text

@@ -248,3 +248,13 @@ def describe_quantization(model, qcfg: QuantConfig) -> dict:
         f"K/V rounded to {kv.value} with per-layer scales; stored as {str(model.dtype).removeprefix('torch.')} "
         f"unless the cache sets stores_quantized_kv",
     }
+
+
+PLANNER_PRECISION = {"FP8": "fp8", "W8A16": "w8a16", "W4A16_AWQ": "w4a16_awq"}
+
+
+def describe_model_precision(model) -> dict:
+    """`precision` (planner names; None = the compute dtype) and `quantization` for executor descriptions."""
+    info = getattr(model, "quant_info", None)
+    algo = (info or {}).get("quant_algo")
+    return {"precision": PLANNER_PRECISION.get(algo), "quantization": info}

@@ -101,8 +101,10 @@ class ReferenceExecutor:
         return KVUsage(self.cache.length * rows, self.cache.capacity * rows, per_token)
 
     def describe(self) -> dict:
+        from .quant_linear import describe_model_precision
+
         return {"executor": self.name, "device": str(self.model.device), "dtype": str(self.model.dtype).removeprefix("torch."),
-                "attention": "sdpa", "kv_cache": "static"}
+                "attention": "sdpa", "kv_cache": "static", **describe_model_precision(self.model)}
 
     @torch.inference_mode()
     def step(self) -> list[TokenEvent]:

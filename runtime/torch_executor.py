@@ -134,6 +134,8 @@ class TorchExecutor:
         return KVUsage(alloc.num_used() * self.bs - slack, self.cache.capacity_tokens, self.cache.bytes_per_token)
 
     def describe(self) -> dict:
+        from .quant_linear import describe_model_precision
+
         kv = self.opts.kv
         info = {"executor": self.name, "device": str(self.device), "dtype": str(self.model.dtype).removeprefix("torch."),
                 "attention": "sdpa", "kv_cache": "paged", "kv_cache_dtype": str(self.cache.storage).removeprefix("torch."),
@@ -141,7 +143,7 @@ class TorchExecutor:
                 "max_num_tokens": self.opts.max_num_tokens, "max_num_seqs": self.opts.max_num_seqs,
                 "max_seq_len": self.max_seq_len, "prefix_reuse": kv.prefix_reuse, "packed_forward": self.packed_weights is not None,
                 "cuda_graphs": sorted(self.graphs.graphs) if self.graphs is not None else None,
-                "torch_compile": False, "threads": torch.get_num_threads()}
+                "torch_compile": False, "threads": torch.get_num_threads(), **describe_model_precision(self.model)}
         if self.device.type == "cuda":
             b = torch.backends.cuda
             info["sdpa_kernels_enabled"] = [name for name, on in (("flash", b.flash_sdp_enabled()),

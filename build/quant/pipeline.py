@@ -56,3 +56,14 @@ def transform_report(transform: QuantTransform | None) -> dict | None:
         return None
     return {"calibration": transform.stats.summary() if transform.stats else None,
             "awq_search": transform.awq_search or None}
+
+
+def convert_quantized(source: ModelSource, out: str | Path, convert_options, options: QuantOptions) -> dict:
+    """Calibrate (when the format needs it), then convert; the result includes the quantization report."""
+    from fathom.build.convert import convert
+
+    o = convert_options
+    transform = prepare_transform(source, out, options, o.tp, o.pp, o.force, progress=o.progress)
+    result = convert(source, out, o, transform=transform)
+    result["quantization_report"] = transform_report(transform)
+    return result

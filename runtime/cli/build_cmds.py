@@ -57,7 +57,7 @@ def convert_cmd(src, out, dtype, tp, pp, max_seq_len, force, quant, kv_cache, ex
         fathom convert ./Fathom-R1-14B ./ckpt --dtype bfloat16 --tp 2
         fathom convert demo ./demo-ckpt
     """
-    from fathom.build.convert import ConvertOptions, convert
+    from fathom.build.convert import ConvertOptions
     from fathom.build.errors import ConfigError
     from fathom.build.sources import resolve_model
 
@@ -65,14 +65,12 @@ def convert_cmd(src, out, dtype, tp, pp, max_seq_len, force, quant, kv_cache, ex
     if source.kind not in ("hf", "random"):
         raise ConfigError(f"{src}: is a {source.kind} directory; convert needs a Hugging Face model, `demo` or random:<preset>")
     from fathom.build.quant.calibrate import CalibConfig
-    from fathom.build.quant.pipeline import QuantOptions, parse_exclude, prepare_transform, transform_report
+    from fathom.build.quant.pipeline import QuantOptions, convert_quantized, parse_exclude
 
     quant_options = QuantOptions(quant, kv_cache, parse_exclude(exclude), int(awq_group_size),
                                  CalibConfig(calib_data, calib_samples, calib_seq_len, calib_seed))
-    transform = prepare_transform(source, out, quant_options, tp, pp, force, progress=sys.stderr.isatty())
-    result = convert(source, out, ConvertOptions(dtype=dtype, tp=tp, pp=pp, max_seq_len=max_seq_len,
-                                                 force=force, progress=sys.stderr.isatty()), transform=transform)
-    result["quantization_report"] = transform_report(transform)
+    result = convert_quantized(source, out, ConvertOptions(dtype=dtype, tp=tp, pp=pp, max_seq_len=max_seq_len,
+                                                           force=force, progress=sys.stderr.isatty()), quant_options)
     if as_json:
         emit_json(result)
         return

@@ -10,15 +10,19 @@ import click
               help="Held-out problems to grade.")
 @click.option("--show", type=click.IntRange(0, 20), default=2, show_default=True, help="Problems printed in full.")
 @click.option("--device", default="cpu", show_default=True)
-def demo(problems, show, device):
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="fathom-demo", show_default=True,
+              help="Where the run records and the comparison PNG go.")
+def demo(problems, show, device, out_dir):
     """Tour fathom on the embedded model: answers, accuracy, speed, memory.
 
     \b
     fathom demo
     """
+    from pathlib import Path
+
     from fathom.runtime.demo import run_demo
 
-    run_demo(n_problems=problems, show=show, device=device, echo=click.echo, secho=click.secho)
+    run_demo(n_problems=problems, show=show, device=device, out_dir=Path(out_dir), echo=click.echo, secho=click.secho)
 
 
 COMMANDS = [demo]

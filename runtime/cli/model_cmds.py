@@ -35,12 +35,16 @@ class StreamPrinter:
 
     def __init__(self, in_think: bool):
         self.in_think = in_think
+        self.answer_started = False
         self.pending = ""
 
     def feed(self, delta: str) -> None:
         self.pending += delta
         while self.pending:
             if not self.in_think:
+                if not self.answer_started:  # the blank lines after </think> are layout, not answer
+                    self.pending = self.pending.lstrip("\n")
+                    self.answer_started = bool(self.pending)
                 click.echo(self.pending, nl=False)
                 self.pending = ""
                 return
@@ -48,7 +52,7 @@ class StreamPrinter:
             if sep:
                 click.secho(head, nl=False, dim=True)
                 click.echo("\n" + "-" * 20)
-                self.in_think, self.pending = False, tail.lstrip("\n")
+                self.in_think, self.pending = False, tail
                 continue
             # Hold back a tail that could be the start of "</think>".
             keep = next((k for k in range(len(THINK_CLOSE) - 1, 0, -1) if head.endswith(THINK_CLOSE[:k])), 0)
