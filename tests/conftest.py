@@ -18,3 +18,13 @@ def hf_dirs(tmp_path_factory):
         return made[key]
 
     return get
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tiny-model tests are a chain of microsecond kernels: intra-op threads only add waits
+    (and stall badly when other processes share the cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
