@@ -86,19 +86,14 @@ def compare_logits(base, candidate, sequences: list[list[int]], completion_start
 
 def task_accuracy(model, tokenizer, problems, max_new_tokens: int) -> dict:
     """Greedy answers to demo-task problems (one static batch), graded like the model card."""
-    from .arith import is_correct
-    from .chat import build_messages, chat_prompt_ids
-    from .generate import generate_texts
     from .reference import ReferenceExecutor
-    from .sampling import SamplingParams
+    from .task_eval import answer_problems
 
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     executor = ReferenceExecutor(model, eos_ids=model.cfg.eos_token_ids or eos)
-    prompts = [chat_prompt_ids(tokenizer, build_messages(p.user_message)) for p in problems]
-    done = generate_texts(executor, tokenizer, prompts, SamplingParams(max_new_tokens=max_new_tokens))
-    correct = [is_correct(c.text, p) for c, p in zip(done, problems)]
-    return {"correct": sum(correct), "problems": len(problems), "accuracy": sum(correct) / len(problems),
-            "answers": [c.answer for c in done]}
+    result = answer_problems(executor, tokenizer, problems, max_new_tokens, batch_size=max(1, len(problems)))
+    return {"correct": sum(result.correct), "problems": len(problems), "accuracy": result.accuracy,
+            "answers": [c.answer for c in result.completions]}
 
 
 def _load(spec: str, options: QualityOptions, tokenizer_dir):

@@ -237,35 +237,22 @@ def write_config(cfg: ModelConfig, out: Path) -> None:
 # ---- evaluation with fathom's own executor --------------------------------------------------
 def heldout_accuracy(model_dir: Path, n: int, seed: int, max_new_tokens: int = 96, batch_size: int = 250) -> dict:
     """Greedy accuracy on n held-out problems: fathom loader + reference executor, static batches."""
-    from transformers import AutoTokenizer
-
     from fathom.build.sources import resolve_model
-    from fathom.runtime.executor import Request, stream
+    from fathom.runtime.chat import load_tokenizer
     from fathom.runtime.loader import load_model
     from fathom.runtime.reference import ReferenceExecutor
-    from fathom.runtime.sampling import SamplingParams
+    from fathom.runtime.task_eval import answer_problems
 
     source = resolve_model(str(model_dir))  # an HF dir, loaded exactly as `resolve_model("demo")` loads the shipped one
-    hf_tok = AutoTokenizer.from_pretrained(str(model_dir))
     executor = ReferenceExecutor(load_model(source, "float32", "cpu", 16384))
     problems = arith.make_problems(n, seed, "heldout")
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
-    requests = [Request(str(i), prompt_ids(hf_tok, p), params) for i, p in enumerate(problems)]
-    out: dict[str, list[int]] = {r.request_id: [] for r in requests}
-    t0 = time.perf_counter()
-    for start in range(0, len(requests), batch_size):
-        for event in stream(executor, requests[start:start + batch_size]):
-            if event.token_id is not None:
-                out[event.request_id].append(event.token_id)
-    elapsed_s = time.perf_counter() - t0
-    texts = [hf_tok.decode(out[str(i)], skip_special_tokens=False) for i in range(len(problems))]
-    correct = [arith.is_correct(t, p) for t, p in zip(texts, problems)]
-    failures = [{"question": p.question, "answer": p.answer, "output": t}
-                for t, p, ok in zip(texts, problems, correct) if not ok]
-    return {"heldout_problems": n, "heldout_correct": sum(correct),
-            "heldout_accuracy": sum(correct) / n if n else None,
-            "eval_seed": seed, "eval_wall_s": round(elapsed_s, 2),
-            "generated_tokens": sum(len(v) for v in out.values()),
+    result = answer_problems(executor, load_tokenizer(model_dir), problems, max_new_tokens, batch_size)
+    failures = [{"question": p.question, "answer": p.answer, "output": c.text}
+                for c, p, ok in zip(result.completions, problems, result.correct) if not ok]
+    return {"heldout_problems": n, "heldout_correct": sum(result.correct),
+            "heldout_accuracy": result.accuracy if n else None,
+            "eval_seed": seed, "eval_wall_s": round(result.wall_s, 2),
+            "generated_tokens": result.output_tokens,
             "executor": executor.describe(), "failures": failures[:10]}
 
 
