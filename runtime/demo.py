@@ -18,6 +18,7 @@ from typing import Callable
 
 from fathom.build.sources import ModelSource, resolve_model
 
+from .arith import extract_boxed
 from .chat import load_tokenizer
 from .executors import create_executor
 from .task_eval import TaskResult, answer_problems, heldout_problems
@@ -95,7 +96,9 @@ def convert_and_answer(demo: ModelSource, tmp: Path, quant: str, tok, problems, 
 
 def print_side_by_side(variants: list[Variant], echo) -> None:
     echo(f"\n{'':<30}" + "".join(f"{v.label:>22}" for v in variants))
+    first = variants[0].result.problems[0]
     rows = [
+        (f"answer: {first.question}", lambda v: f"\\boxed{{{extract_boxed(v.result.completions[0].text)}}}"),
         ("checkpoint bytes", lambda v: f"{v.weight_bytes / 2**20:.2f} MiB"),
         ("held-out accuracy", lambda v: f"{v.result.accuracy:.1%}"),
         ("output tok/s (CPU, fp32 math)", lambda v: f"{v.result.output_tok_s:.0f}"),
