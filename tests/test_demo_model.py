@@ -25,16 +25,6 @@ def load_training_script():
     return module
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The demo model is tiny: one thread is as fast when the CPU is idle, and avoids OpenMP
-    barrier stalls (~15 ms per op) when other processes share the two cores."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 @pytest.fixture(scope="module")
 def tok(monkeypatch_module):
     from transformers import AutoTokenizer

@@ -8,7 +8,6 @@ from fathom.build.quant.calibrate import CalibConfig
 from fathom.build.quant.pipeline import QuantOptions, prepare_transform
 from fathom.build.sources import DEMO_DIR, resolve_model
 from fathom.runtime.quality import QualityOptions, run_quality
-from single_thread import setup_module, teardown_module  # noqa: F401
 
 pytestmark = pytest.mark.skipif(not (DEMO_DIR / "config.json").is_file(), reason="build/demo_model/ not built yet")
 

@@ -23,7 +23,6 @@ from fathom.runtime.cli import main
 from fathom.runtime.loader import load_model
 from fathom.runtime.quality import compare_logits
 from fathom.runtime.quant_linear import DEQUANT, QuantLinear
-from single_thread import setup_module, teardown_module  # noqa: F401
 
 CALIB = CalibConfig(samples=4, seq_len=32, seed=0, awq_rows=64)
 FORMATS = {  # name -> make_quant_config kwargs (tiny: hidden 64, intermediate 160, so int4 groups of 32)

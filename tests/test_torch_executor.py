@@ -16,16 +16,6 @@ from fathom.runtime.sampling import SamplingParams
 from fathom.runtime.torch_executor import TorchExecutor, executor_config
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's waits
-    make every small op slow."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def models():
     return {name: load_model(resolve_model(f"random:{name}"), "float32", "cpu", max_seq_len=256)
