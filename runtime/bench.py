@@ -285,11 +285,9 @@ def bench_model(model: str, cfg: BenchConfig = BenchConfig(), executor: str = "a
     preset = source.spec.split(":", 1)[1].split("@")[0] if source is not None and source.kind == "random" else None
     if endpoint is None:
         from .executors import create_executor
-        from .loader import default_device
+        from .loader import resolve_dtype
 
-        device = device or default_device()
-        if dtype == "auto":
-            dtype = "bfloat16" if device.startswith("cuda") else "float32"
+        dtype, device = resolve_dtype(dtype, device)
         if cfg.dataset != "random" and source.tokenizer_dir is not None:
             from .chat import load_tokenizer
 

@@ -10,7 +10,6 @@ Every number printed is measured in this run, except the plan, which says it is 
 
 from __future__ import annotations
 
-import resource
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +20,8 @@ from fathom.build.sources import ModelSource, resolve_model
 from .arith import extract_boxed
 from .chat import load_tokenizer
 from .executors import create_executor
+from .nvml import host_peak_rss_bytes
 from .task_eval import TaskResult, answer_problems, heldout_problems
-
-
-def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 @dataclass
@@ -52,7 +48,7 @@ def run_demo(n_problems: int, show: int, device: str, out_dir: Path, echo: Calla
         secho(f"<think>\n{c.reasoning}\n</think>", dim=True)
         echo(f"A: {c.answer.strip()}   [{'correct' if ok else 'WRONG, expected ' + p.answer}]")
     echo(f"\nheld-out accuracy {sum(base.correct)}/{len(problems)} = {base.accuracy:.1%} (greedy); "
-         f"{base.output_tok_s:.0f} output tok/s; peak RSS {peak_rss_bytes() / 2**20:.0f} MiB")
+         f"{base.output_tok_s:.0f} output tok/s; peak RSS {host_peak_rss_bytes() / 2**20:.0f} MiB")
 
     secho("\n== 2. one artifact, two precisions: TensorRT-LLM checkpoints, bf16 vs FP8 ==", bold=True)
     with tempfile.TemporaryDirectory(prefix="fathom-demo-") as tmp:

@@ -147,12 +147,11 @@ def calibrate_model(model, sequences: list[list[int]], config: CalibConfig, sour
 def run_calibration(source, config: CalibConfig, device: str | None = None, dtype: str | None = None,
                     progress: bool = False) -> CalibStats:
     """Load `source` (a fathom ModelSource) into the torch executor's model and calibrate it."""
-    from fathom.runtime.loader import default_device, load_model
+    from fathom.runtime.loader import load_model, resolve_dtype
 
     from .calib_data import load_token_set
 
-    device = device or default_device()
-    dtype = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    dtype, device = resolve_dtype(dtype, device)
     tokenizer = None
     if source.tokenizer_dir is not None:
         from fathom.runtime.chat import load_tokenizer

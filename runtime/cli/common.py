@@ -41,21 +41,13 @@ def runtime_options(f):
     return f
 
 
-def resolve_dtype(dtype: str, device: str | None) -> tuple[str, str]:
-    from fathom.runtime.loader import default_device
-
-    device = device or default_device()
-    if dtype == "auto":
-        dtype = "bfloat16" if device.startswith("cuda") else "float32"
-    return dtype, device
-
-
 def open_runtime(model: str, executor: str, dtype: str, device: str | None, tokenizer: str | None,
                  max_seq_len: int, threads: int | None = None):
     """Resolve MODEL, open the executor and the tokenizer. Returns (source, executor, tokenizer)."""
     from fathom.build.sources import resolve_model
     from fathom.runtime.chat import load_tokenizer
     from fathom.runtime.executors import create_executor
+    from fathom.runtime.loader import resolve_dtype
 
     source = resolve_model(model, tokenizer=tokenizer)
     tok = load_tokenizer(source.tokenizer_dir, model)
