@@ -55,14 +55,11 @@ def prompts_for(vocab: int, batch: int, length: int) -> list[list[int]]:
 
 
 def run_ours(executor, prompts: list[list[int]], new_tokens: int, tag: str) -> dict[str, list]:
-    from fathom.runtime.executor import Request, stream
+    from fathom.runtime.executor import Request, collect
     from fathom.runtime.sampling import SamplingParams
 
     params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
-    out: dict[str, list] = {}
-    for ev in stream(executor, [Request(f"{tag}-{i}", p, params) for i, p in enumerate(prompts)]):
-        out.setdefault(ev.request_id, []).append(ev)
-    return out
+    return collect(executor, [Request(f"{tag}-{i}", p, params) for i, p in enumerate(prompts)])
 
 
 def run_hf(hf, prompts: list[list[int]], new_tokens: int):

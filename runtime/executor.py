@@ -70,6 +70,14 @@ def stream(executor: Executor, requests: list[Request]) -> Iterator[TokenEvent]:
         yield from executor.step()
 
 
+def collect(executor: Executor, requests: list[Request]) -> dict[str, list[TokenEvent]]:
+    """Run requests to completion; each request's events in order."""
+    out: dict[str, list[TokenEvent]] = {}
+    for event in stream(executor, requests):
+        out.setdefault(event.request_id, []).append(event)
+    return out
+
+
 def finish_reason(token_id: int, generated: int, params: SamplingParams, eos_ids: list[int]) -> str | None:
     """Why a request stops after emitting `token_id` as its `generated`-th token (None: go on)."""
     if token_id in params.stop_token_ids or (not params.ignore_eos and token_id in eos_ids):

@@ -7,7 +7,7 @@ import torch
 
 from fathom.build.errors import FathomError
 from fathom.build.sources import resolve_model
-from fathom.runtime.executor import Request, stream
+from fathom.runtime.executor import Request, collect
 from fathom.runtime.executors import create_executor
 from fathom.runtime.loader import load_model
 from fathom.runtime.paged_kv import calibrate_kv_scales
@@ -25,13 +25,6 @@ def models():
 def prompts_for(model, lengths, seed=0):
     rng = random.Random(seed)
     return [[rng.randrange(model.cfg.vocab_size) for _ in range(n)] for n in lengths]
-
-
-def collect(executor, requests):
-    out: dict[str, list] = {}
-    for ev in stream(executor, requests):
-        out.setdefault(ev.request_id, []).append(ev)
-    return out
 
 
 def tokens(events):

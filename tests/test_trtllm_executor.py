@@ -11,7 +11,7 @@ from fathom.build.sources import resolve_model
 from fathom.engine import builder
 from fathom.engine.builder import build_engine, prepare_build
 from fathom.engine.manifest import EngineCompatError
-from fathom.runtime.executor import Request, stream
+from fathom.runtime.executor import Request, collect
 from fathom.runtime.executors import create_executor
 from fathom.runtime.sampling import SamplingParams
 
@@ -53,13 +53,6 @@ def script_tokens(rt, prompt, n, sampling=None):
     out = []
     for _ in range(n):
         out.append(rt.SCRIPT(prompt, out, sampling or {"top_k": 1}))
-    return out
-
-
-def collect(executor, requests):
-    out: dict[str, list] = {}
-    for ev in stream(executor, requests):
-        out.setdefault(ev.request_id, []).append(ev)
     return out
 
 
