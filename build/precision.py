@@ -192,5 +192,9 @@ class KvCacheFormat(str, Enum):
 
     def torch_dtype(self, model_dtype: str) -> "torch.dtype":
         """The dtype K/V are stored in."""
-        return torch_dtype(self.storage or model_dtype, "dtype")
+        if self.storage is None:
+            return torch_dtype(model_dtype, "dtype")
+        import torch
+
+        return getattr(torch, self.storage)
 
