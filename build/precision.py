@@ -60,7 +60,26 @@ AWQ_GROUP_SIZES = (64, 128)  # what TRT-LLM's fine-grained int4 GEMM kernels imp
 DEFAULT_GROUP_SIZE = 128
 
 
-class WeightFormat(str, Enum):
+class _Words(str, Enum):
+    """An enum whose values are CLI words and whose members may carry a TensorRT-LLM `quant_algo`."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def quantized(self) -> bool:
+        return self.quant_algo is not None
+
+    @classmethod
+    def parse(cls, word: str, where: str):
+        """The member named `word`, else a one-line ConfigError naming `where` and the valid words."""
+        try:
+            return cls(word)
+        except ValueError:
+            raise ConfigError(f"{where} {word!r}: expected one of {', '.join(m.value for m in cls)}") from None
+
+
+class WeightFormat(_Words):
     """How the linear weights are stored: the `--precision` words."""
 
     # word, quant_algo, bits per stored weight, model dtype implied (None: the checkpoint's dtype),
@@ -81,20 +100,6 @@ class WeightFormat(str, Enum):
         member.dtype = dtype
         member.compute_dtype = compute
         return member
-
-    def __str__(self) -> str:
-        return self.value
-
-    @property
-    def quantized(self) -> bool:
-        return self.quant_algo is not None
-
-    @classmethod
-    def parse(cls, word: str, where: str = "--precision") -> "WeightFormat":
-        try:
-            return cls(word)
-        except ValueError:
-            raise ConfigError(f"{where} {word!r}: expected one of {', '.join(m.value for m in cls)}") from None
 
     @classmethod
     def of_dtype(cls, dtype: str) -> "WeightFormat":
@@ -141,7 +146,7 @@ class WeightFormat(str, Enum):
         return self.bits / 8
 
 
-class KvCacheFormat(str, Enum):
+class KvCacheFormat(_Words):
     """How K and V are stored in the cache: the `--kv-cache` words."""
 
     # word, kv_cache_quant_algo, bytes per element (None: the model dtype's), torch dtype name
@@ -157,20 +162,6 @@ class KvCacheFormat(str, Enum):
         member._bytes = nbytes
         member.storage = storage
         return member
-
-    def __str__(self) -> str:
-        return self.value
-
-    @property
-    def quantized(self) -> bool:
-        return self.quant_algo is not None
-
-    @classmethod
-    def parse(cls, word: str, where: str = "--kv-cache") -> "KvCacheFormat":
-        try:
-            return cls(word)
-        except ValueError:
-            raise ConfigError(f"{where} {word!r}: expected one of {', '.join(m.value for m in cls)}") from None
 
     @classmethod
     def default_for(cls, weights: WeightFormat) -> "KvCacheFormat":
