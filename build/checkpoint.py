@@ -17,12 +17,14 @@ from typing import Any
 
 import torch
 
-from .config import ARCHITECTURE, DTYPES, ModelConfig, read_json
+from .config import ARCHITECTURE, ModelConfig, read_json
 from .errors import CheckpointError, ConfigError
 from .layout import RankPlan, TensorSpec, plan_ranks
 from .mapping import Mapping
 from .tp_split import ShardKind, merge_shards
-from .transform import QuantizationSpec, checkpoint_specs, torch_dtype_of, transform_for
+from .precision import DTYPES, torch_dtype
+from .quant.config import QuantConfig
+from .transform import checkpoint_specs, transform_for
 from .safetensors_io import DTYPE_CODES
 from .weights import SAFETENSORS_DTYPES, read_safetensors_header
 
@@ -32,7 +34,7 @@ QWEN_TYPE = "qwen2"
 
 
 def trtllm_config(cfg: ModelConfig, mapping: Mapping, dtype: str, max_seq_len: int,
-                  quantization: QuantizationSpec) -> dict[str, Any]:
+                  quantization: QuantConfig) -> dict[str, Any]:
     """config.json of a Qwen2 checkpoint: the keys QWenConfig/PretrainedConfig of tensorrt-llm 1.2.x read."""
     rotary_scaling = cfg.rope_scaling
     if rotary_scaling is not None and rotary_scaling.get("rope_type", rotary_scaling.get("type")) in (None, "default"):
@@ -70,7 +72,7 @@ def trtllm_config(cfg: ModelConfig, mapping: Mapping, dtype: str, max_seq_len: i
         "moe_shared_expert_intermediate_size": 0,
         "num_labels": 1,
         "mapping": mapping.to_dict(),
-        "quantization": quantization.to_dict(),
+        "quantization": quantization.to_trtllm_dict(),
     }
 
 
@@ -126,7 +128,7 @@ class CheckpointInfo:
     cfg: ModelConfig
     mapping: Mapping
     dtype: str
-    quantization: QuantizationSpec
+    quantization: QuantConfig
 
     @property
     def max_seq_len(self) -> int:
@@ -134,7 +136,7 @@ class CheckpointInfo:
 
     def rank_plans(self) -> list[RankPlan]:
         transform = transform_for(self.quantization, self.cfg)
-        stored = [s for _, outs in checkpoint_specs(self.cfg, torch_dtype_of(self.dtype, str(self.path)), transform)
+        stored = [s for _, outs in checkpoint_specs(self.cfg, torch_dtype(self.dtype, f"{self.path}: field 'dtype' ="), transform)
                   for s in outs]
         return plan_ranks(stored, self.cfg, self.mapping)
 
@@ -149,7 +151,7 @@ def read_checkpoint(path: str | Path) -> CheckpointInfo:
     cfg = config_from_trtllm(raw, source)
     mapping = Mapping.from_dict(_require(raw, "mapping", source), source)
     mapping.check_model(cfg)
-    quant = QuantizationSpec.from_dict(_require(raw, "quantization", source), source)
+    quant = QuantConfig.from_trtllm_dict(_require(raw, "quantization", source), source)
     _require(raw, "seq_length", source, " (TRT-LLM's QWen model reads it)")
     return CheckpointInfo(path, raw, cfg, mapping, raw["dtype"], quant)
 

@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .precision import DTYPES
 
 ARCHITECTURE = "Qwen2ForCausalLM"
-DTYPES = ("float32", "bfloat16", "float16")
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float8_e4m3fn": 1, "int8": 1}
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,8 @@ from .mapping import Mapping
 from .safetensors_io import SafetensorsWriter, WriteBehind, encode_header
 from .sources import ModelSource
 from .tp_split import split_shards
-from .transform import CastTransform, TensorTransform, checkpoint_specs, torch_dtype_of
+from .precision import torch_dtype
+from .transform import CastTransform, TensorTransform, checkpoint_specs
 from .weight_map import IGNORED_HF_SUFFIXES, hf_shapes, trtllm_sources
 from .weights import check_finite, check_tensors
 
@@ -70,7 +71,7 @@ class ConvertPlan:
         return sum(len(encode_header(r.entries())) + r.nbytes for r in self.ranks)
 
     def config(self) -> dict[str, Any]:
-        return trtllm_config(self.cfg, self.mapping, self.dtype, self.max_seq_len, self.transform.quantization)
+        return trtllm_config(self.cfg, self.mapping, self.dtype, self.max_seq_len, self.transform.qcfg)
 
 
 def resolve_dtype(requested: str, cfg: ModelConfig) -> str:
@@ -99,7 +100,7 @@ def plan_conversion(source: ModelSource, options: ConvertOptions,
         raise WeightsError(f"{source.spec}: tensors must be float32/float16/bfloat16, got "
                            + ", ".join(f"{n} {tensors.dtype(n)}" for n in not_float[:4]))
     transform = transform or CastTransform()
-    specs = checkpoint_specs(cfg, torch_dtype_of(dtype, "--dtype"), transform)
+    specs = checkpoint_specs(cfg, torch_dtype(dtype), transform)
     ranks = plan_ranks([s for _, outs in specs for s in outs], cfg, mapping)
     return ConvertPlan(source, cfg, mapping, dtype, options.max_seq_len, transform, specs,
                        trtllm_sources(cfg), ranks, ignored)
@@ -232,7 +233,7 @@ def convert(source: ModelSource, out: str | Path, options: ConvertOptions = Conv
             source={"spec": source.spec, "kind": source.kind, "files": hasher.result()},
             model={"architecture": "Qwen2ForCausalLM", "bos_token_id": plan.cfg.bos_token_id,
                    "eos_token_id": plan.cfg.eos_token_id, "num_params": plan.cfg.num_params()},
-            dtype=plan.dtype, quantization=plan.transform.quantization.to_dict(), mapping=plan.mapping.to_dict(),
+            dtype=plan.dtype, quantization=plan.transform.qcfg.to_trtllm_dict(), mapping=plan.mapping.to_dict(),
             max_seq_len=plan.max_seq_len, ranks=ranks, files=file_records(extra_files, tmp),
             ignored_source_tensors=plan.ignored_source_tensors)
         write_manifest(tmp, manifest)

@@ -44,7 +44,7 @@ def inspect_path(path: str | Path) -> dict[str, Any]:
         "path": str(path.absolute()),
         "architecture": ckpt.raw["architecture"],
         "dtype": ckpt.dtype,
-        "quantization": ckpt.quantization.to_dict(),
+        "quantization": ckpt.quantization.to_trtllm_dict(),
         "mapping": ckpt.mapping.to_dict(),
         "max_seq_len": ckpt.max_seq_len,
         "model": {"num_hidden_layers": cfg.num_hidden_layers, "hidden_size": cfg.hidden_size,
@@ -84,7 +84,7 @@ def verify_checkpoint(path: str | Path) -> dict[str, Any]:
     manifest = read_manifest(path)
     if manifest is not None:
         for key, value in (("dtype", ckpt.dtype), ("mapping", ckpt.mapping.to_dict()),
-                           ("quantization", ckpt.quantization.to_dict())):
+                           ("quantization", ckpt.quantization.to_trtllm_dict())):
             if manifest[key] != value:
                 problems.append(f"fathom.json: field '{key}' = {manifest[key]!r}, config.json says {value!r}")
         problems += check_hashes(path, manifest)

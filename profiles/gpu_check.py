@@ -89,7 +89,8 @@ def load_fp8(plan: Plan, source):
     from fathom.build.quant.config import QuantAlgo, linear_modules, make_quant_config
     from fathom.build.quant.fp8 import amax, quantize_linear_fp8
     from fathom.build.quant.kv_cache import kv_cache_scale
-    from fathom.runtime.loader import native_tensors_from_hf, torch_dtype
+    from fathom.build.precision import torch_dtype
+    from fathom.runtime.loader import native_tensors_from_hf
     from fathom.runtime.quant_linear import describe_quantization, load_quantized_model
 
     cfg = source.config

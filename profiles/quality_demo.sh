@@ -8,13 +8,13 @@ trap 'rm -rf "$work"' EXIT
 args=(--sequences "${SEQUENCES:-256}" --task-problems "${TASK_PROBLEMS:-256}")
 fathom convert demo "$work/base" --dtype float32 >/dev/null
 convert() { local name=$1; shift; fathom convert demo "$work/$name" --dtype float32 "$@" >/dev/null; }
-convert fp8 --quant fp8 --kv-cache none
-convert fp8-kvfp8 --quant fp8 --kv-cache fp8
+convert fp8 --precision fp8 --kv-cache model
+convert fp8-kvfp8 --precision fp8 --kv-cache fp8
 convert kvfp8 --kv-cache fp8
 convert kvint8 --kv-cache int8
-convert w8a16 --quant w8a16
+convert w8a16 --precision w8a16
 # The demo model's mlp.proj has 352 input features, not a multiple of the AWQ group (128).
-convert awq --quant w4a16_awq --exclude 'lm_head,*.mlp.proj'
+convert awq --precision w4a16_awq --exclude 'lm_head,*.mlp.proj'
 for name in fp8 fp8-kvfp8 kvfp8 kvint8 w8a16 awq; do
   fathom quality "$work/base" "$work/$name" "${args[@]}" --json |
     python -c "import json,sys; m=json.load(sys.stdin)['metrics']; print('$name', 'top1 %.4f' % m['top1_agreement'], 'kl_mean %.5f' % m['kl_mean'], 'task %s -> %s' % (m['task_accuracy_base'], m['task_accuracy_candidate']))"

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from fathom.build.precision import WeightFormat
 from fathom.build.sources import ModelSource, resolve_model
 
 from .arith import extract_boxed
@@ -52,8 +53,8 @@ def run_demo(n_problems: int, show: int, device: str, out_dir: Path, echo: Calla
 
     secho("\n== 2. one artifact, two precisions: TensorRT-LLM checkpoints, bf16 vs FP8 ==", bold=True)
     with tempfile.TemporaryDirectory(prefix="fathom-demo-") as tmp:
-        variants = [convert_and_answer(demo, Path(tmp), quant, tok, problems, device, echo)
-                    for quant in ("none", "fp8")]
+        variants = [convert_and_answer(demo, Path(tmp), WeightFormat(word), tok, problems, device, echo)
+                    for word in ("bf16", "fp8")]
         print_side_by_side(variants, echo)
         secho("\n== 3. benchmark and report ==", bold=True)
         bench_and_report(variants, out_dir, echo)
@@ -71,18 +72,19 @@ def answer(source: ModelSource, tok, problems, device: str) -> tuple[TaskResult,
     return answer_problems(executor, tok, problems), executor.describe()
 
 
-def convert_and_answer(demo: ModelSource, tmp: Path, quant: str, tok, problems, device: str, echo) -> Variant:
+def convert_and_answer(demo: ModelSource, tmp: Path, precision: WeightFormat, tok, problems, device: str,
+                       echo) -> Variant:
     from fathom.build.convert import ConvertOptions
     from fathom.build.quant.calibrate import CalibConfig
     from fathom.build.quant.pipeline import QuantOptions, convert_quantized
 
-    label = "bf16" if quant == "none" else quant
+    label = precision.value
     out = tmp / f"demo-{label}"
     # Calibration on 32 built-in sequences of 128 tokens: enough for a 4-layer model, a second on a CPU.
     result = convert_quantized(demo, out, ConvertOptions(dtype="bfloat16"),
-                               QuantOptions(quant=quant, calib=CalibConfig("builtin", 32, 128, 0)))
+                               QuantOptions(precision, calib=CalibConfig("builtin", 32, 128, 0)))
     q = result["quantization"]
-    echo(f"fathom convert demo {out.name} --dtype bfloat16" + (f" --quant {quant}" if quant != "none" else "")
+    echo(f"fathom convert demo {out.name} --precision {precision}" + ("" if precision.dtype else " --dtype bfloat16")
          + f": {result['total_bytes'] / 2**20:.2f} MiB in {result['seconds']:.1f} s"
          + (f" (quant_algo {q['quant_algo']}, kv cache {q['kv_cache_quant_algo']})" if q["quant_algo"] else ""))
     source = resolve_model(str(out))

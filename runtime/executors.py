@@ -30,7 +30,7 @@ def set_cpu_threads(threads: int | None, source: ModelSource, dtype: str) -> int
     """Apply `threads` (None = auto: 1 for small models, torch's default otherwise); return the count."""
     import torch
 
-    from fathom.build.config import DTYPE_BYTES
+    from fathom.build.precision import DTYPE_BYTES
 
     if threads is None:
         small = source.config.num_params() * DTYPE_BYTES.get(dtype, 4) < SMALL_MODEL_BYTES

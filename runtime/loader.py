@@ -9,16 +9,9 @@ from fathom.build.sources import ModelSource
 from fathom.build.weight_map import IGNORED_HF_SUFFIXES, hf_shapes, trtllm_sources
 from fathom.build.weights import check_tensors
 
+from fathom.build.precision import torch_dtype
+
 from .model import Qwen2Model
-
-from fathom.build.transform import TORCH_DTYPES
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    try:
-        return TORCH_DTYPES[name]
-    except KeyError:
-        raise ConfigError(f"--dtype {name!r}: expected one of {', '.join(TORCH_DTYPES)}") from None
 
 
 def default_device() -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fathom.build.config import DTYPE_BYTES
+from fathom.build.precision import DTYPE_BYTES
 from fathom.build.sources import resolve_model
 
 

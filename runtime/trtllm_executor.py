@@ -38,7 +38,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fathom.build.config import DTYPE_BYTES, ModelConfig, read_json
+from fathom.build.config import ModelConfig, read_json
+from fathom.build.precision import KvCacheFormat
 from fathom.build.errors import CheckpointError, FathomError
 
 from .executor import KVUsage, Request, TokenEvent, now
@@ -124,8 +125,9 @@ class TrtllmExecutor:
         self.known: set[str] = set()
         engine_config = read_json(self.engine_dir / "config.json")
         self.dtype = engine_config.get("pretrained_config", {}).get("dtype", config.torch_dtype)
-        kv = self.manifest.get("kv_cache")
-        self.kv_bytes = DTYPE_BYTES["int8"] if kv in ("fp8", "int8") else DTYPE_BYTES.get(self.dtype, 2)
+        kv = KvCacheFormat.parse(self.manifest.get("kv_cache", "model"),
+                                 f"{self.engine_dir}/fathom-engine.json: field 'kv_cache' =")
+        self.kv_bytes = kv.bytes_per_element(self.dtype)
 
     # ---- executor interface ----------------------------------------------------------
     def submit(self, request: Request) -> None:

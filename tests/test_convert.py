@@ -17,7 +17,7 @@ from fathom.build.safetensors_io import PlannedEntry, SafetensorsWriter, WriteBe
 from fathom.build.sources import resolve_model
 from fathom.build.synthetic import write_hf_dir
 from fathom.build.tp_split import ShardKind, kind_of, merge_shards, shard_shape, split_shards
-from fathom.build.transform import QuantizationSpec
+from fathom.build.quant.config import QuantConfig
 from fathom.build.weights import SafetensorsDir, count_nonfinite
 
 
@@ -151,7 +151,7 @@ def test_config_rotary_base_is_rope_theta_and_reads_back(tmp_path):
 
 
 def test_config_has_every_key_qwenconfig_reads():
-    d = trtllm_config(preset("fathom-r1-14b"), Mapping(2, 2), "bfloat16", 16384, QuantizationSpec())
+    d = trtllm_config(preset("fathom-r1-14b"), Mapping(2, 2), "bfloat16", 16384, QuantConfig())
     for key in ("architecture", "qwen_type", "dtype", "vocab_size", "hidden_size", "num_hidden_layers",
                 "num_attention_heads", "num_key_value_heads", "head_size", "intermediate_size",
                 "max_position_embeddings", "hidden_act", "norm_epsilon", "position_embedding_type",
@@ -168,7 +168,7 @@ def test_config_has_every_key_qwenconfig_reads():
 @pytest.mark.parametrize("key", ["rotary_base", "qwen_type"])
 def test_checkpoint_config_without_rotary_base_or_qwen_type_is_refused(key):
     # TRT-LLM's QWenConfig would silently use rotary_base 10000 (ruins Qwen2); qwen_type has no default.
-    d = trtllm_config(preset("tiny"), Mapping(), "bfloat16", 4096, QuantizationSpec())
+    d = trtllm_config(preset("tiny"), Mapping(), "bfloat16", 4096, QuantConfig())
     del d[key]
     with pytest.raises(ConfigError, match=f"missing field '{key}'"):
         config_from_trtllm(d, "ckpt/config.json")

@@ -61,7 +61,7 @@ def test_chat_repl_multi_turn_reset_and_exit():
 
 def test_info_json_for_a_checkpoint(tmp_path):
     ckpt = tmp_path / "ckpt"
-    assert invoke("convert", "demo", str(ckpt), "--quant", "fp8").exit_code == 0
+    assert invoke("convert", "demo", str(ckpt), "--precision", "fp8").exit_code == 0
     d = json.loads(invoke("info", str(ckpt), "--json").output)
     assert d["kind"] == "checkpoint" and d["quantization"]["quant_algo"] == "FP8"
     assert d["kv_bytes_per_token"]["bfloat16"] == 2 * 4 * 2 * 32 * 2  # K,V x layers x kv heads x head_dim x 2 B

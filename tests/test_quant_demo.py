@@ -5,6 +5,7 @@ import pytest
 from fathom.build.convert import ConvertOptions, convert
 from fathom.build.quant.calib_data import load_token_set
 from fathom.build.quant.calibrate import CalibConfig
+from fathom.build.precision import WeightFormat
 from fathom.build.quant.pipeline import QuantOptions, prepare_transform
 from fathom.build.sources import DEMO_DIR, resolve_model
 from fathom.runtime.quality import QualityOptions, run_quality
@@ -30,7 +31,7 @@ def test_fp8_demo_checkpoint_keeps_top1_and_task_accuracy(tmp_path):
     demo = resolve_model("demo")
     base, fp8 = tmp_path / "base", tmp_path / "fp8"
     convert(demo, base, ConvertOptions(dtype="float32"))
-    transform = prepare_transform(demo, fp8, QuantOptions("fp8", calib=CalibConfig(samples=8, seq_len=128)))
+    transform = prepare_transform(demo, fp8, QuantOptions(WeightFormat.FP8, calib=CalibConfig(samples=8, seq_len=128)))
     convert(demo, fp8, ConvertOptions(dtype="float32"), transform=transform)
     options = QualityOptions(sequences=4, seq_len=128, task_problems=6, max_new_tokens=72)
     result = run_quality(str(base), str(fp8), options)

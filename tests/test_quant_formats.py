@@ -126,7 +126,7 @@ def test_config_block_has_exactly_trtllm_fields_and_round_trips():
     assert back.quant_algo is QuantAlgo.FP8 and back.to_trtllm_dict() == d
     awq = make_quant_config(preset("tiny"), "w4a16_awq", kv_cache="int8", group_size=32).to_trtllm_dict()
     assert awq["quant_algo"] == "W4A16_AWQ" and awq["pre_quant_scale"] is True and awq["kv_cache_quant_algo"] == "INT8"
-    assert make_quant_config(preset("tiny"), "none", kv_cache="auto").to_trtllm_dict()["quant_algo"] is None
+    assert make_quant_config(preset("tiny"), None, kv_cache=None).to_trtllm_dict()["quant_algo"] is None
 
 
 def test_exclude_list_replaces_defaults_and_is_honored():
@@ -141,11 +141,11 @@ def test_exclude_list_replaces_defaults_and_is_honored():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(quant="fp8", exclude=["nonexistent"]), "matches no module"),
-    (dict(quant="w8a16", exclude=["*.mlp.proj"]), "keeps lm_head unquantized"),
-    (dict(quant="w4a16_awq"), "not a multiple of the group size 128"),
-    (dict(quant="int3"), "--quant 'int3'"),
-    (dict(quant="fp8", kv_cache="fp4"), "--kv-cache 'fp4'"),
+    (dict(precision="fp8", exclude=["nonexistent"]), "matches no module"),
+    (dict(precision="w8a16", exclude=["*.mlp.proj"]), "keeps lm_head unquantized"),
+    (dict(precision="w4a16_awq"), "not a multiple of the group size 128"),
+    (dict(precision="int3"), "--precision 'int3'"),
+    (dict(precision="fp8", kv_cache="fp4"), "--kv-cache 'fp4'"),
 ])
 def test_bad_quant_options_give_one_line_errors(kwargs, message):
     with pytest.raises(ConfigError, match=message) as e:

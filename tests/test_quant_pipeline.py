@@ -1,5 +1,5 @@
 """Quantized checkpoints end to end on the tiny model: calibration, tensors written, TP/PP splits,
-the torch executor running them, and `fathom quality` / `fathom convert --quant` on the CLI."""
+the torch executor running them, and `fathom quality` / `fathom convert --precision` on the CLI."""
 
 import json
 
@@ -26,9 +26,9 @@ from fathom.runtime.quant_linear import DEQUANT, QuantLinear
 
 CALIB = CalibConfig(samples=4, seq_len=32, seed=0, awq_rows=64)
 FORMATS = {  # name -> make_quant_config kwargs (tiny: hidden 64, intermediate 160, so int4 groups of 32)
-    "fp8": dict(quant="fp8"),
-    "w8a16": dict(quant="w8a16"),
-    "awq": dict(quant="w4a16_awq", kv_cache="int8", group_size=32),
+    "fp8": dict(precision="fp8"),
+    "w8a16": dict(precision="w8a16"),
+    "awq": dict(precision="w4a16_awq", kv_cache="int8", group_size=32),
 }
 
 
@@ -184,7 +184,7 @@ def test_awq_refuses_a_tp_split_that_breaks_groups(tiny):
     from fathom.build.quant.quantizer import check_quant_mapping
 
     with pytest.raises(ConfigError, match="not a multiple of the group size 32"):
-        check_quant_mapping(make_quant_config(tiny.config, quant="w4a16_awq", group_size=32), tiny.config, 4)
+        check_quant_mapping(make_quant_config(tiny.config, precision="w4a16_awq", group_size=32), tiny.config, 4)
 
 
 def test_quality_cli_reports_and_records(ckpts, tmp_path, monkeypatch):
@@ -208,13 +208,13 @@ def test_quality_cli_reports_and_records(ckpts, tmp_path, monkeypatch):
 def test_convert_cli_quantizes_and_rejects_bad_options(tmp_path):
     runner = CliRunner()
     out = tmp_path / "fp8"
-    ok = runner.invoke(main, ["convert", "random:tiny", str(out), "--quant", "fp8", "--kv-cache", "none",
+    ok = runner.invoke(main, ["convert", "random:tiny", str(out), "--precision", "fp8", "--kv-cache", "model",
                               "--calib-samples", "2", "--calib-seq-len", "16", "--dtype", "float32", "--json"])
     assert ok.exit_code == 0, ok.output
     result = json.loads(ok.output)
     assert result["quantization"]["quant_algo"] == "FP8" and result["quantization"]["kv_cache_quant_algo"] is None
     assert result["quantization_report"]["calibration"]["sequences"] == 2
-    bad = runner.invoke(main, ["convert", "random:tiny", str(tmp_path / "x"), "--quant", "fp8", "--exclude", "lm_hed"])
+    bad = runner.invoke(main, ["convert", "random:tiny", str(tmp_path / "x"), "--precision", "fp8", "--exclude", "lm_hed"])
     assert bad.exit_code == 1 and bad.output.startswith("Error: --exclude 'lm_hed'") and "Traceback" not in bad.output
     assert not (tmp_path / "x").exists()
 

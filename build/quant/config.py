@@ -12,30 +12,19 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 
 from fathom.build.config import ModelConfig, read_json
 from fathom.build.errors import ConfigError
-from fathom.build.transform import QuantizationSpec
+from fathom.build.precision import DEFAULT_GROUP_SIZE, KvCacheFormat, QuantAlgo, WeightFormat
 
-
-class QuantAlgo(str, Enum):
-    """Values exactly as tensorrt_llm/quantization/mode.py `QuantAlgo` writes them."""
-
-    FP8 = "FP8"
-    W8A16 = "W8A16"
-    W4A16_AWQ = "W4A16_AWQ"
-    INT8 = "INT8"  # KV cache only
-
-
-WEIGHT_ALGOS = (QuantAlgo.FP8, QuantAlgo.W8A16, QuantAlgo.W4A16_AWQ)
-KV_ALGOS = (QuantAlgo.FP8, QuantAlgo.INT8)
-CLI_QUANT = {"none": None, "fp8": QuantAlgo.FP8, "w8a16": QuantAlgo.W8A16, "w4a16_awq": QuantAlgo.W4A16_AWQ}
-CLI_KV = {"none": None, "fp8": QuantAlgo.FP8, "int8": QuantAlgo.INT8}
+WEIGHT_ALGOS = tuple(f.quant_algo for f in WeightFormat if f.quantized)
+KV_ALGOS = tuple(f.quant_algo for f in KvCacheFormat if f.quantized)
+# fields of tensorrt_llm.models.modeling_utils.QuantConfig (v1.2.1) that fathom writes
+TRTLLM_KEYS = ("quant_algo", "kv_cache_quant_algo", "group_size", "has_zero_point", "pre_quant_scale",
+               "exclude_modules")
 EMBEDDING_MODULE = "transformer.vocab_embedding"
 DEFAULT_EXCLUDE = ("lm_head",)
-AWQ_GROUP_SIZES = (64, 128)  # what TRT-LLM's fine-grained int4 GEMM kernels implement
 
 # Linear modules of layer {}: TRT-LLM name suffix -> tensor-parallel style.
 # Column-parallel splits the output dim (qkv per q/k/v part), row-parallel the input dim.
@@ -67,9 +56,12 @@ def linear_dims(cfg: ModelConfig, module: str) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class QuantConfig:
+    """The config.json `quantization` block, checked: weight and KV cache algorithms, AWQ group size,
+    modules left unquantized."""
+
     quant_algo: QuantAlgo | None = None
     kv_cache_quant_algo: QuantAlgo | None = None
-    group_size: int = 128
+    group_size: int = DEFAULT_GROUP_SIZE
     has_zero_point: bool = False
     pre_quant_scale: bool = False
     exclude_modules: tuple[str, ...] | None = None
@@ -102,32 +94,32 @@ class QuantConfig:
     def quantizes(self, module: str) -> bool:
         return self.quant_algo is not None and not self.is_excluded(module)
 
-    def to_spec(self) -> QuantizationSpec:
-        """The converter's config.json block (fathom.build.transform.QuantizationSpec)."""
-        return QuantizationSpec(
-            quant_algo=self.quant_algo.value if self.quant_algo else None,
-            kv_cache_quant_algo=self.kv_cache_quant_algo.value if self.kv_cache_quant_algo else None,
-            group_size=self.group_size, has_zero_point=self.has_zero_point,
-            pre_quant_scale=self.pre_quant_scale, exclude_modules=self.exclude_modules)
+    @property
+    def kv_cache(self) -> KvCacheFormat:
+        return KvCacheFormat.of_checkpoint(self.kv_cache_quant_algo, self.source)
+
+    def weights(self, dtype: str) -> WeightFormat:
+        """The weight format of a checkpoint of model dtype `dtype` with this block."""
+        return WeightFormat.of_checkpoint(self.quant_algo, dtype, self.source)
 
     def to_trtllm_dict(self) -> dict:
-        """The config.json `quantization` block."""
-        return self.to_spec().to_dict()
-
-    @classmethod
-    def from_spec(cls, spec: QuantizationSpec, source: str = "quantization") -> "QuantConfig":
-        return cls(quant_algo=spec.quant_algo, kv_cache_quant_algo=spec.kv_cache_quant_algo,
-                   group_size=spec.group_size, has_zero_point=spec.has_zero_point,
-                   pre_quant_scale=spec.pre_quant_scale, exclude_modules=spec.exclude_modules, source=source)
+        """The config.json `quantization` block (TRT-LLM reads it as `QuantConfig(**d)`)."""
+        return {"quant_algo": self.quant_algo.value if self.quant_algo else None,
+                "kv_cache_quant_algo": self.kv_cache_quant_algo.value if self.kv_cache_quant_algo else None,
+                "group_size": self.group_size, "has_zero_point": self.has_zero_point,
+                "pre_quant_scale": self.pre_quant_scale,
+                "exclude_modules": list(self.exclude_modules) if self.exclude_modules is not None else None}
 
     @classmethod
     def from_trtllm_dict(cls, d: dict | None, source: str = "config.json") -> "QuantConfig":
         if d is None:
             return cls(source=source)
-        excl = d.get("exclude_modules") if isinstance(d, dict) else None
+        if not isinstance(d, dict):
+            raise ConfigError(f"{source}: field 'quantization' = {d!r}, expected an object")
+        excl = d.get("exclude_modules")
         if excl is not None and (not isinstance(excl, list) or not all(isinstance(p, str) for p in excl)):
             raise ConfigError(f"{source}: field 'quantization.exclude_modules' = {excl!r}, expected a list of strings")
-        return cls.from_spec(QuantizationSpec.from_dict(d, source), source=f"{source}: quantization")
+        return cls(**{k: d[k] for k in TRTLLM_KEYS if k in d}, source=f"{source}: quantization")
 
 
 def read_quant_config(checkpoint_dir: str | Path) -> QuantConfig:
@@ -135,24 +127,21 @@ def read_quant_config(checkpoint_dir: str | Path) -> QuantConfig:
     return QuantConfig.from_trtllm_dict(read_json(path).get("quantization"), source=str(path))
 
 
-def make_quant_config(cfg: ModelConfig, quant: str = "none", kv_cache: str = "auto",
-                      exclude: list[str] | None = None, group_size: int = 128) -> QuantConfig:
-    """The config for `fathom convert --quant Q --kv-cache K --exclude ...`, checked against the model.
+def make_quant_config(cfg: ModelConfig, precision: WeightFormat | str | None = None,
+                      kv_cache: KvCacheFormat | str | None = None, exclude: list[str] | None = None,
+                      group_size: int = DEFAULT_GROUP_SIZE) -> QuantConfig:
+    """The config for `fathom convert --precision P --kv-cache K --exclude ...`, checked against the model.
 
-    `kv_cache` auto: an FP8 KV cache with --quant fp8, the model dtype otherwise.
+    `precision` None: unquantized weights. `kv_cache` None: `KvCacheFormat.default_for(precision)`
+    (FP8 beside FP8 weights, the model dtype otherwise).
     `exclude` (module names or fnmatch patterns) replaces the default ["lm_head"]; the embedding is
     always listed (it is never quantized here, and an unlisted one would be quantized by TRT-LLM's
     W8A16 loader).
     """
-    if quant not in CLI_QUANT:
-        raise ConfigError(f"--quant {quant!r}: expected one of {', '.join(CLI_QUANT)}")
-    algo = CLI_QUANT[quant]
-    if kv_cache == "auto":
-        kv = QuantAlgo.FP8 if algo is QuantAlgo.FP8 else None
-    elif kv_cache in CLI_KV:
-        kv = CLI_KV[kv_cache]
-    else:
-        raise ConfigError(f"--kv-cache {kv_cache!r}: expected auto or one of {', '.join(CLI_KV)}")
+    precision = WeightFormat.parse(precision or "bf16", "--precision")
+    kv_cache = (KvCacheFormat.default_for(precision) if kv_cache is None
+                else KvCacheFormat.parse(kv_cache, "--kv-cache"))
+    algo, kv = precision.quant_algo, kv_cache.quant_algo
     if algo is None and kv is None:
         return QuantConfig()
     patterns = list(DEFAULT_EXCLUDE if exclude is None else exclude)
@@ -167,7 +156,7 @@ def make_quant_config(cfg: ModelConfig, quant: str = "none", kv_cache: str = "au
         QuantAlgo.W4A16_AWQ: "its vocab padding under tensor parallelism does not follow int4 row pairs",
     }
     if algo in lm_head_rule and not any(fnmatch.fnmatchcase("lm_head", p) for p in patterns):
-        raise ConfigError(f"--exclude: {quant} keeps lm_head unquantized ({lm_head_rule[algo]}); "
+        raise ConfigError(f"--exclude: {precision} keeps lm_head unquantized ({lm_head_rule[algo]}); "
                           "add lm_head to the list")
     if EMBEDDING_MODULE not in patterns:
         patterns.append(EMBEDDING_MODULE)
@@ -177,12 +166,12 @@ def make_quant_config(cfg: ModelConfig, quant: str = "none", kv_cache: str = "au
         patterns += [f"{p}.*" for p in patterns if f"{p}.*" not in patterns]
     awq = algo is QuantAlgo.W4A16_AWQ
     qcfg = QuantConfig(quant_algo=algo, kv_cache_quant_algo=kv, group_size=group_size,
-                       pre_quant_scale=awq, exclude_modules=tuple(patterns), source="--quant")
+                       pre_quant_scale=awq, exclude_modules=tuple(patterns), source="--precision")
     if awq:
         for module in modules:
             if qcfg.quantizes(module) and linear_dims(cfg, module)[1] % group_size:
                 suffix = module.split(".", 3)[-1]
-                raise ConfigError(f"--quant w4a16_awq: {module} has {linear_dims(cfg, module)[1]} input features, "
+                raise ConfigError(f"--precision w4a16_awq: {module} has {linear_dims(cfg, module)[1]} input features, "
                                   f"not a multiple of the group size {group_size}; leave it unquantized with "
                                   f"--exclude lm_head,'*.{suffix}'")
     return qcfg

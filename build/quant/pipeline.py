@@ -1,4 +1,4 @@
-"""`fathom convert --quant ...`: the quantization config, checks and calibration run before conversion.
+"""`fathom convert --precision ...`: the quantization config, checks and calibration run before conversion.
 
 Everything that can be refused is refused before calibration starts (it can take minutes), and
 calibration runs before the converter writes anything.
@@ -11,6 +11,7 @@ from pathlib import Path
 
 from fathom.build.errors import OutputExistsError
 from fathom.build.mapping import Mapping
+from fathom.build.precision import DEFAULT_GROUP_SIZE, KvCacheFormat, WeightFormat
 from fathom.build.sources import ModelSource
 
 from .calibrate import CalibConfig, needs_calibration, run_calibration
@@ -20,11 +21,25 @@ from .quantizer import QuantTransform, check_quant_mapping
 
 @dataclass(frozen=True)
 class QuantOptions:
-    quant: str = "none"  # none | fp8 | w8a16 | w4a16_awq
-    kv_cache: str = "auto"  # auto | none | fp8 | int8
+    precision: WeightFormat | None = None  # None or unquantized: no weight quantization
+    kv_cache: KvCacheFormat | None = None  # None: KvCacheFormat.default_for(precision)
     exclude: tuple[str, ...] | None = None  # None: the default ["lm_head"]
-    group_size: int = 128
+    group_size: int = DEFAULT_GROUP_SIZE
     calib: CalibConfig = CalibConfig()
+
+
+def checkpoint_precision(precision: str | None, dtype: str) -> tuple[WeightFormat | None, str]:
+    """`fathom convert --precision P --dtype D` -> (weight format, `--dtype` for the converter).
+
+    bf16 / fp16 / fp32 name the checkpoint dtype themselves (a contradicting --dtype is refused);
+    a quantized format keeps --dtype for the tensors it leaves unquantized.
+    """
+    if precision is None:
+        return None, dtype
+    weights = WeightFormat.parse(precision, "--precision")
+    if weights.quantized or dtype == "auto":
+        return weights, weights.dtype or dtype
+    return weights, weights.model_dtype(dtype)
 
 
 def parse_exclude(text: str | None) -> tuple[str, ...] | None:
@@ -38,7 +53,7 @@ def prepare_transform(source: ModelSource, out: str | Path, options: QuantOption
                       force: bool = False, progress: bool = False) -> QuantTransform | None:
     """The converter transform for `options` (None: unquantized), calibrated when the format needs it."""
     cfg = source.config
-    qcfg = make_quant_config(cfg, options.quant, options.kv_cache,
+    qcfg = make_quant_config(cfg, options.precision, options.kv_cache,
                              list(options.exclude) if options.exclude is not None else None, options.group_size)
     if not qcfg.quantized:
         return None

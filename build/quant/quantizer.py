@@ -42,7 +42,6 @@ def _packed_kind(kind: ShardKind) -> ShardKind:
 class QuantTransform:
     def __init__(self, qcfg: QuantConfig, cfg: ModelConfig, stats: CalibStats | None = None):
         self.qcfg, self.cfg, self.stats = qcfg, cfg, stats
-        self.quantization = qcfg.to_spec()
         self.linears = linear_modules(cfg)
         self.awq_search: dict[str, dict] = {}  # module -> AwqSearch fields, for the conversion report
 
@@ -127,8 +126,8 @@ def check_quant_mapping(qcfg: QuantConfig, cfg: ModelConfig, tp: int) -> None:
         if not qcfg.quantizes(module):
             continue
         if style == "row" and (in_f // tp) % qcfg.group_size:
-            raise ConfigError(f"--quant w4a16_awq --tp {tp}: {module} gives each rank {in_f // tp} input "
+            raise ConfigError(f"--precision w4a16_awq --tp {tp}: {module} gives each rank {in_f // tp} input "
                               f"features, not a multiple of the group size {qcfg.group_size}")
         if style == "column" and not module.endswith(".attention.qkv") and (out_f // tp) % 2:
-            raise ConfigError(f"--quant w4a16_awq --tp {tp}: {module} gives each rank an odd number of "
+            raise ConfigError(f"--precision w4a16_awq --tp {tp}: {module} gives each rank an odd number of "
                               "output features; int4 packs them in pairs")

@@ -6,6 +6,8 @@ import sys
 
 import click
 
+from fathom.build.precision import DTYPES, KvCacheFormat, WeightFormat
+
 from .common import emit_json, json_option
 
 
@@ -21,20 +23,21 @@ def _layers(r: dict) -> str:
 @click.command("convert")
 @click.argument("src")
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--dtype", type=click.Choice(["auto", "bfloat16", "float16", "float32"]), default="auto",
-              show_default=True,
-              help="Checkpoint dtype. auto = the source dtype, float32 sources become float16 (as TRT-LLM's "
-                   "convert_checkpoint.py). float32 is a valid TRT-LLM dtype, useful for exact comparisons.")
+@click.option("--dtype", type=click.Choice(["auto", *DTYPES]), default="auto", show_default=True,
+              help="Checkpoint dtype (activations and unquantized tensors). auto = the source dtype, float32 "
+                   "sources become float16 (as TRT-LLM's convert_checkpoint.py). float32 is a valid TRT-LLM "
+                   "dtype, useful for exact comparisons.")
 @click.option("--tp", type=int, default=1, show_default=True, help="Tensor-parallel size.")
 @click.option("--pp", type=int, default=1, show_default=True, help="Pipeline-parallel size.")
 @click.option("--max-seq-len", type=int, default=16384, show_default=True,
               help="Written as seq_length in config.json.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
-@click.option("--quant", type=click.Choice(["none", "fp8", "w8a16", "w4a16_awq"]), default="none", show_default=True,
-              help="fp8: e4m3 weights+activations, per-tensor scales; w8a16: int8 weights quantized by TRT-LLM at "
-                   "load (bf16 stored); w4a16_awq: int4 weights, activation-aware scales, groups of 128.")
-@click.option("--kv-cache", type=click.Choice(["auto", "none", "fp8", "int8"]), default="auto", show_default=True,
-              help="KV cache precision. auto = fp8 with --quant fp8, the checkpoint dtype otherwise.")
+@click.option("--precision", type=click.Choice([f.value for f in WeightFormat]), default=None,
+              help="Weight format [default: unquantized, in --dtype]. bf16/fp16/fp32: unquantized in that dtype; "
+                   "fp8: e4m3 weights+activations, per-tensor scales; w8a16: int8 weights quantized by TRT-LLM at "
+                   "load (16-bit stored); w4a16_awq: int4 weights, activation-aware scales, groups of 128.")
+@click.option("--kv-cache", type=click.Choice([f.value for f in KvCacheFormat]), default=None,
+              help="KV cache format [default: fp8 with --precision fp8, else model]. model = the checkpoint dtype.")
 @click.option("--exclude", default=None,
               help="Comma-separated modules or fnmatch patterns left unquantized (default: lm_head), "
                    "e.g. lm_head,transformer.layers.0.mlp.proj,'*.attention.dense'.")
@@ -46,7 +49,7 @@ def _layers(r: dict) -> str:
 @click.option("--awq-group-size", type=click.Choice(["64", "128"]), default="128", show_default=True,
               help="Input channels per int4 scale (TRT-LLM's kernels implement 64 and 128).")
 @json_option
-def convert_cmd(src, out, dtype, tp, pp, max_seq_len, force, quant, kv_cache, exclude, calib_data, calib_samples,
+def convert_cmd(src, out, dtype, tp, pp, max_seq_len, force, precision, kv_cache, exclude, calib_data, calib_samples,
                 calib_seq_len, calib_seed, awq_group_size, as_json):
     """Convert SRC (HF Qwen2 dir, `demo`, `random:<preset>`) into a TensorRT-LLM 1.2.1 checkpoint OUT.
 
@@ -54,7 +57,8 @@ def convert_cmd(src, out, dtype, tp, pp, max_seq_len, force, quant, kv_cache, ex
     fathom.json (hashes, source, mapping). Nothing is left behind on error or Ctrl-C.
 
     \b
-        fathom convert ./Fathom-R1-14B ./ckpt --dtype bfloat16 --tp 2
+        fathom convert ./Fathom-R1-14B ./ckpt --precision bf16 --tp 2
+        fathom convert ./Fathom-R1-14B ./ckpt-fp8 --precision fp8 --kv-cache fp8
         fathom convert demo ./demo-ckpt
     """
     from fathom.build.convert import ConvertOptions
@@ -65,9 +69,11 @@ def convert_cmd(src, out, dtype, tp, pp, max_seq_len, force, quant, kv_cache, ex
     if source.kind not in ("hf", "random"):
         raise ConfigError(f"{src}: is a {source.kind} directory; convert needs a Hugging Face model, `demo` or random:<preset>")
     from fathom.build.quant.calibrate import CalibConfig
-    from fathom.build.quant.pipeline import QuantOptions, convert_quantized, parse_exclude
+    from fathom.build.quant.pipeline import QuantOptions, checkpoint_precision, convert_quantized, parse_exclude
 
-    quant_options = QuantOptions(quant, kv_cache, parse_exclude(exclude), int(awq_group_size),
+    weights, dtype = checkpoint_precision(precision, dtype)
+    quant_options = QuantOptions(weights, KvCacheFormat(kv_cache) if kv_cache else None, parse_exclude(exclude),
+                                 int(awq_group_size),
                                  CalibConfig(calib_data, calib_samples, calib_seq_len, calib_seed))
     result = convert_quantized(source, out, ConvertOptions(dtype=dtype, tp=tp, pp=pp, max_seq_len=max_seq_len,
                                                            force=force, progress=sys.stderr.isatty()), quant_options)

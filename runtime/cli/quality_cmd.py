@@ -36,7 +36,7 @@ def quality(base, candidate, data, sequences, seq_len, seed, task_problems, max_
 
     \b
         fathom convert demo ./demo-bf16
-        fathom convert demo ./demo-fp8 --quant fp8
+        fathom convert demo ./demo-fp8 --precision fp8
         fathom quality ./demo-bf16 ./demo-fp8
     """
     from fathom.runtime.loader import default_device
