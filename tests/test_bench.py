@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from fakes import pynvml as fake_nvml
 
 from fathom.build.errors import ConfigError
-from fathom.runtime import nvml
+from fathom.runtime import nvml_library
 from fathom.runtime.bench import BenchConfig, Prompt, arrival_offsets_s, drive_executor, file_prompts
 from fathom.runtime.cli import main
 from fathom.runtime.endpoint import completions_url
@@ -111,7 +111,7 @@ def run_cli(args):
 def test_bench_cli_json_record_with_a_fake_gpu(tmp_path, monkeypatch):
     fake_nvml.configure([fake_nvml.FakeDevice()])
     monkeypatch.setitem(sys.modules, "pynvml", fake_nvml)
-    monkeypatch.setattr(nvml, "_said", set())
+    monkeypatch.setattr(nvml_library, "_said", set())
     out = tmp_path / "runs.jsonl"
     try:
         data = run_cli(["bench", "random:tiny", "--num-requests", "4", "--input-len", "8", "--output-len", "4",
