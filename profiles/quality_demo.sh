@@ -3,6 +3,7 @@
 # Converts the demo model into an unquantized float32 checkpoint (the base) and one checkpoint per
 # format, then appends one `fathom quality` record per format to profiles/results/.
 set -euo pipefail
+export FATHOM_RESULTS_DIR="${FATHOM_RESULTS_DIR:-$(cd "$(dirname "$0")" && pwd)/results}"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 args=(--sequences "${SEQUENCES:-256}" --task-problems "${TASK_PROBLEMS:-256}")

@@ -1,225 +1,58 @@
-"""The benchmark driver: requests into an executor or an OpenAI-compatible endpoint, timed per token.
+"""One benchmark run: a workload against a target, inside the profiler, written as a run record.
 
-Load shapes (vLLM `vllm bench serve` conventions):
-- `batch_size=B`: static waves, B requests submitted together, the next wave when all finished.
-- `concurrency=C`: at most C requests in flight, a new one as soon as one finishes.
-- `request_rate=R`: Poisson arrivals at R requests/s (seeded), optionally capped by `concurrency`.
-- none of them: every request submitted at once.
-Request start is its submit time; under a request rate without a concurrency cap it is the
-scheduled arrival, so time spent waiting for the busy driver loop counts as queueing, as in a server.
-Warmup requests run first and are left out of the metrics and out of the "benchmark" profiler window.
+The target is a model run by a local executor or a model served at an OpenAI-compatible endpoint
+(`BenchTarget`); the requests and their load shape are a `WorkloadSpec` (fathom.runtime.workload);
+what is sampled besides the request timings is `ProfileOptions`. Warmup requests run first and are
+left out of the metrics and out of the "benchmark" profiler window.
 """
 
 from __future__ import annotations
 
-import random
 import sys
-import time
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from fathom.build.errors import ConfigError, FathomError
+from fathom.build.errors import FathomError
 
-from .executor import Request, now
+from .executor import now
 from .metrics import BenchMetrics, RequestTiming, compute_metrics
-from .sampling import SamplingParams
+from .workload import ENDPOINT_RANDOM_VOCAB, Prompt, WorkloadSpec, drive_endpoint, drive_executor, make_prompts
 
-# Random prompt ids for a served model that does not resolve locally (unknown vocabulary): valid
-# for any vocabulary of at least 256 tokens, and prefill cost does not depend on the id values.
-ENDPOINT_RANDOM_VOCAB = 256
+if TYPE_CHECKING:
+    from fathom.build.sources import ModelSource
 
-
-@dataclass(frozen=True)
-class BenchConfig:
-    input_len: int = 128
-    output_len: int = 128
-    num_requests: int = 32
-    batch_size: int | None = None
-    concurrency: int | None = None
-    request_rate: float | None = None  # requests/s, Poisson arrivals; None: all at once
-    warmup: int | None = None  # None: one wave (max_in_flight requests), so every shape is warm
-    dataset: str = "random"  # or a .jsonl file of {"prompt": str} / {"prompt_ids": [int]}
-    slo_ttft_ms: float | None = None
-    slo_tpot_ms: float | None = None
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("input_len", "output_len", "num_requests", "batch_size", "concurrency"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} {value}: expected >= 1")
-        if self.warmup is not None and self.warmup < 0:
-            raise ConfigError(f"--warmup {self.warmup}: expected >= 0")
-        if self.batch_size is not None and (self.concurrency is not None or self.request_rate is not None):
-            raise ConfigError("--batch-size runs static waves; it excludes --concurrency and --request-rate")
-        if self.request_rate is not None and not self.request_rate > 0:
-            raise ConfigError(f"--request-rate {self.request_rate}: expected > 0 requests/s")
-        if self.dataset != "random" and not Path(self.dataset).is_file():
-            raise ConfigError(f"--dataset {self.dataset}: expected 'random' or an existing .jsonl file")
-
-    @property
-    def mode(self) -> str:
-        if self.batch_size is not None:
-            return "batch"
-        return "rate" if self.request_rate is not None else "concurrency"
-
-    @property
-    def max_in_flight(self) -> int:
-        return min(self.batch_size or self.concurrency or self.num_requests, self.num_requests)
-
-    @property
-    def warmup_requests(self) -> int:
-        return self.max_in_flight if self.warmup is None else self.warmup
+    from .profiler import Profiler
 
 
 @dataclass(frozen=True)
-class Prompt:
-    ids: list[int] | None
-    text: str | None
-    output_len: int
+class BenchTarget:
+    """What answers the requests: `model` through a local executor, or the model served at `endpoint`."""
+
+    model: str  # a model spec (HF dir, checkpoint, engine, demo, random:<preset>) or a served model name
+    executor: str = "auto"
+    dtype: str = "auto"
+    device: str | None = None
+    tokenizer: str | None = None
+    max_seq_len: int | None = None  # None: the longest prompt + output of the workload
+    threads: int | None = None
+    endpoint: str | None = None  # URL of an OpenAI-compatible server
+    request_timeout_s: float = 600.0  # endpoint only: socket timeout of one request
 
 
-def random_prompts(n: int, cfg: BenchConfig, vocab_size: int, seed: int) -> list[Prompt]:
-    rng = random.Random(seed)
-    return [Prompt([rng.randrange(vocab_size) for _ in range(cfg.input_len)], None, cfg.output_len) for _ in range(n)]
+@dataclass(frozen=True)
+class ProfileOptions:
+    enabled: bool = True  # sample GPUs (NVML) and this process during the run
+    interval_ms: float = 100.0
+    timeseries: bool = False  # also write every reading, next to the records file
 
 
-def file_prompts(path: str | Path, n: int, default_output_len: int) -> list[Prompt]:
-    """JSON lines with "prompt" (text) or "prompt_ids", optional "output_len"; cycled up to n."""
-    from .records import read_jsonl
-
-    rows = []
-    for i, row in read_jsonl(path, ConfigError):
-        row = row if isinstance(row, dict) else {}
-        ids, text, out_len = row.get("prompt_ids"), row.get("prompt"), row.get("output_len", default_output_len)
-        if not (isinstance(ids, list) and ids and all(isinstance(t, int) for t in ids)):
-            ids = None
-        if ids is None and not (isinstance(text, str) and text):
-            raise ConfigError(f"{path}:{i}: expected an object with a non-empty 'prompt' string or 'prompt_ids' list of ints")
-        if not isinstance(out_len, int) or out_len < 1:
-            raise ConfigError(f"{path}:{i}: 'output_len' must be an integer >= 1")
-        rows.append(Prompt(ids, None if ids else text, out_len))
-    if not rows:
-        raise ConfigError(f"{path}: no prompts")
-    return [rows[i % len(rows)] for i in range(n)]
-
-
-def make_prompts(cfg: BenchConfig, vocab_size: int, tokenizer=None) -> tuple[list[Prompt], list[Prompt]]:
-    """(warmup prompts, measured prompts). Text prompts are tokenized when a tokenizer is given."""
-    n = cfg.warmup_requests + cfg.num_requests
-    if cfg.dataset == "random":
-        prompts = random_prompts(n, cfg, vocab_size, cfg.seed)
-    else:
-        prompts = file_prompts(cfg.dataset, n, cfg.output_len)
-        if tokenizer is not None:
-            from .chat import raw_prompt_ids
-
-            prompts = [p if p.ids else Prompt(raw_prompt_ids(tokenizer, p.text), None, p.output_len) for p in prompts]
-    return prompts[:cfg.warmup_requests], prompts[cfg.warmup_requests:]
-
-
-def arrival_offsets_s(n: int, rate: float | None, seed: int) -> list[float]:
-    """Poisson process: exponential gaps with mean 1/rate, from a seeded generator; all 0 without a rate."""
-    if rate is None:
-        return [0.0] * n
-    rng = random.Random(seed)
-    t, out = 0.0, []
-    for _ in range(n):
-        out.append(t)
-        t += rng.expovariate(rate)
-    return out
-
-
-def _progress(total: int, enabled: bool, desc: str):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, file=sys.stderr, unit="req")
-
-
-# ---- executor driver ---------------------------------------------------------------------
-def drive_executor(executor, prompts: list[Prompt], cfg: BenchConfig, tag: str, progress: bool = False) -> list[RequestTiming]:
-    """Run `prompts` through `executor` under cfg's load shape; per-token times from its TokenEvents."""
-    if any(p.ids is None for p in prompts):
-        raise ConfigError(f"--dataset {cfg.dataset}: text prompts need a tokenizer (--tokenizer DIR)")
-    arrivals = arrival_offsets_s(len(prompts), cfg.request_rate, cfg.seed)
-    queue = deque(range(len(prompts)))
-    timings: dict[str, RequestTiming] = {}
-    in_flight: set[str] = set()
-    bar = _progress(len(prompts), progress, tag)
-    t0 = now()
-
-    def admit(i: int) -> None:
-        rid = f"{tag}-{i}"
-        scheduled = cfg.mode == "rate" and cfg.concurrency is None
-        timings[rid] = RequestTiming(rid, t0 + arrivals[i] if scheduled else now(), prompt_tokens=len(prompts[i].ids))
-        params = SamplingParams(max_new_tokens=prompts[i].output_len, ignore_eos=True, seed=cfg.seed + i)
-        executor.submit(Request(rid, list(prompts[i].ids), params))
-        in_flight.add(rid)
-
-    with bar:
-        while queue or in_flight:
-            if cfg.mode == "batch":
-                while queue and len(in_flight) < cfg.batch_size and (not in_flight or len(timings) % cfg.batch_size):
-                    admit(queue.popleft())  # a whole wave, once the previous one has finished
-            else:
-                while queue and len(in_flight) < cfg.max_in_flight and t0 + arrivals[queue[0]] <= now():
-                    admit(queue.popleft())
-            if not in_flight:
-                time.sleep(max(0.0, t0 + arrivals[queue[0]] - now()))
-                continue
-            for ev in executor.step():
-                t = timings.get(ev.request_id)
-                if t is None:
-                    continue
-                if ev.token_id is not None:
-                    t.token_times_s.append(ev.time_s)
-                if ev.finished:
-                    in_flight.discard(ev.request_id)
-                    t.end_s = ev.time_s
-                    if ev.finish_reason == "cancelled":
-                        t.error = "cancelled"
-                    bar.update(1)
-    return [timings[f"{tag}-{i}"] for i in range(len(prompts))]
-
-
-# ---- endpoint driver ---------------------------------------------------------------------
-def drive_endpoint(url: str, model: str, prompts: list[Prompt], cfg: BenchConfig, tag: str,
-                   progress: bool = False, timeout_s: float = 600.0) -> list[RequestTiming]:
-    """The same load shapes against an OpenAI-compatible server, one thread per request in flight."""
-    from .endpoint import completion_body, stream_completion
-
-    arrivals = arrival_offsets_s(len(prompts), cfg.request_rate, cfg.seed)
-    bar = _progress(len(prompts), progress, tag)
-
-    def one(i: int) -> RequestTiming:
-        p = prompts[i]
-        t = stream_completion(url, completion_body(model, p.ids if p.ids else p.text, p.output_len), f"{tag}-{i}", timeout_s)
-        bar.update(1)
-        return t
-
-    with bar, ThreadPoolExecutor(max_workers=min(cfg.max_in_flight, 256)) as pool:
-        if cfg.mode == "batch":
-            timings = []
-            for lo in range(0, len(prompts), cfg.batch_size):
-                timings += list(pool.map(one, range(lo, min(lo + cfg.batch_size, len(prompts)))))
-            return timings
-        t0 = now()
-        futures = []
-        for i in range(len(prompts)):
-            time.sleep(max(0.0, t0 + arrivals[i] - now()))
-            futures.append(pool.submit(one, i))
-        return [f.result() for f in futures]
-
-
-# ---- one run ---------------------------------------------------------------------------------
 @dataclass
 class BenchRun:
     timings: list[RequestTiming]
     metrics: BenchMetrics
-    profiler: dict | None
-    profiler_obj: object | None = None
+    profiler: dict | None  # Profiler.summary()
+    profiler_obj: Profiler | None = None
 
 
 def _torch_cuda_peak(device: str | None, reset: bool) -> int | None:
@@ -232,14 +65,14 @@ def _torch_cuda_peak(device: str | None, reset: bool) -> int | None:
     return int(torch.cuda.max_memory_allocated())
 
 
-def run_phases(drive, warmup: list[Prompt], measured: list[Prompt], cfg: BenchConfig, profile: bool,
-               interval_ms: float, device: str | None = None, nvml_module=None) -> BenchRun:
-    """Warmup then the measured phase, inside the profiler when `profile`."""
+def run_phases(drive, warmup: list[Prompt], measured: list[Prompt], workload: WorkloadSpec,
+               profiling: ProfileOptions, device: str | None = None) -> BenchRun:
+    """Warmup then the measured phase, inside the profiler when `profiling.enabled`."""
     from contextlib import nullcontext
 
-    from .nvml import Profiler
+    from .profiler import Profiler
 
-    prof = Profiler(interval_ms, nvml_module=nvml_module) if profile else None
+    prof = Profiler(profiling.interval_ms) if profiling.enabled else None
     with prof or nullcontext():
         if warmup:
             with prof.window("warmup") if prof else nullcontext():
@@ -254,94 +87,112 @@ def run_phases(drive, warmup: list[Prompt], measured: list[Prompt], cfg: BenchCo
     if not ok:
         raise FathomError(f"benchmark: all {len(timings)} requests failed; first error: {timings[0].error}")
     metrics = compute_metrics(
-        timings, duration_s, cfg.slo_ttft_ms, cfg.slo_tpot_ms,
+        timings, duration_s, workload.slo_ttft_ms, workload.slo_tpot_ms,
         energy_j=m.energy_j if m else None, peak_gpu_mem_used_bytes=m.peak_gpu_mem_used_bytes if m else None,
         peak_torch_mem_allocated_bytes=_torch_cuda_peak(device, reset=False),
         peak_host_rss_bytes=m.max_rss_bytes if m else None)
     return BenchRun(timings, metrics, prof.summary() if prof else None, prof)
 
 
-def bench_model(model: str, cfg: BenchConfig = BenchConfig(), executor: str = "auto", dtype: str = "auto",
-                device: str | None = None, endpoint: str | None = None, tokenizer: str | None = None,
-                max_seq_len: int | None = None, threads: int | None = None, profile: bool = True, interval_ms: float = 100.0,
-                out: str | Path | None = None, write: bool = True, timeseries: bool = False,
-                progress: bool = False, request_timeout_s: float = 600.0, nvml_module=None) -> dict:
-    """Benchmark MODEL (or the served model at `endpoint`) and return its run record.
+def bench_model(target: BenchTarget, workload: WorkloadSpec = WorkloadSpec(),
+                profiling: ProfileOptions = ProfileOptions(), out: str | Path | None = None,
+                progress: bool = False) -> dict:
+    """Benchmark `target`, append its run record to `out` and return the record.
 
-    The record is appended to `out` (default: profiles/results/<host>-<gpu>.jsonl) when `write`.
+    `out` defaults to `records.default_results_file` (./fathom-runs/<host>-<gpu>.jsonl).
     This is also the entry point for `fathom demo`'s short bf16-vs-fp8 comparison.
     """
-    from . import records
-
     from fathom.build.sources import resolve_model
 
-    tok = None
+    from . import records
+
     try:
-        source = resolve_model(model, tokenizer=tokenizer)
+        source = resolve_model(target.model, tokenizer=target.tokenizer)
     except FathomError:
-        if endpoint is None:
+        if target.endpoint is None:
             raise
         source = None  # a served model name, not a local model: its config is unknown here
-    preset = source.spec.split(":", 1)[1].split("@")[0] if source is not None and source.kind == "random" else None
-    if endpoint is None:
-        from .executors import create_executor
+    if target.endpoint is None:
         from .loader import resolve_dtype
 
-        dtype, device = resolve_dtype(dtype, device)
-        if cfg.dataset != "random" and source.tokenizer_dir is not None:
-            from .chat import load_tokenizer
-
-            tok = load_tokenizer(source.tokenizer_dir, model)
-        warmup, measured = make_prompts(cfg, source.config.vocab_size, tok)
-        longest = max(len(p.ids or ()) + p.output_len for p in warmup + measured)
-        ex = create_executor(executor, source, dtype=dtype, device=device,
-                             max_seq_len=max_seq_len or longest, eos_ids=source.config.eos_token_ids,
-                             threads=threads)
-        info = ex.describe()
-        run = run_phases(lambda ps, tag: drive_executor(ex, ps, cfg, tag, progress), warmup, measured, cfg,
-                         profile, interval_ms, device=info.get("device", device), nvml_module=nvml_module)
+        dtype, device = resolve_dtype(target.dtype, target.device)
+        target = replace(target, dtype=dtype, device=device)
+        run, info = _run_executor(source, target, workload, profiling, progress)
     else:
-        from .endpoint import completions_url
-
-        url = completions_url(endpoint)
-        vocab = source.config.vocab_size if source is not None else ENDPOINT_RANDOM_VOCAB
-        warmup, measured = make_prompts(cfg, vocab)
-        info = {"executor": "endpoint", "endpoint": url}
-        run = run_phases(lambda ps, tag: drive_endpoint(url, model, ps, cfg, tag, progress, request_timeout_s),
-                         warmup, measured, cfg, profile, interval_ms, nvml_module=nvml_module)
-    gpus = run.profiler["gpus"] if run.profiler else _gpu_facts(nvml_module)
-    env = records.environment(info, gpus, preset)
-    params = {**asdict(cfg), "mode": cfg.mode, "max_in_flight": cfg.max_in_flight, "executor": executor,
-              "endpoint": endpoint, "request_timeout_s": request_timeout_s if endpoint else None,
-              "dtype": dtype, "device": device, "profile": profile,
-              "profile_interval_ms": interval_ms if profile else None,
-              "output_tokens_source": _output_tokens_source(run.timings, endpoint)}
-    model_block = {"spec": model, "kind": source.kind if source else "served", "config": None}
-    if source is not None:
-        model_block["config"] = {k: v for k, v in asdict(source.config).items() if k != "source"}
-    record = records.make_record("bench", model_block, params, run.metrics.to_dict(), env, run.profiler)
-    if endpoint is None:
-        from .report import record_roofline
-
-        record["roofline"] = record_roofline(record)
-    if write:
-        path = Path(out) if out is not None else records.default_results_file(record)
-        if timeseries and run.profiler_obj is not None:
-            relative = Path("timeseries") / f"{record['record_id']}.jsonl"  # relative to the records file
-            run.profiler_obj.write_timeseries(path.parent / relative)
-            record["timeseries_path"] = str(relative)
-        records.append_record(record, path)
+        run, info = _run_endpoint(source, target, workload, profiling, progress)
+    record = _bench_record(source, target, workload, profiling, run, info)
+    path = Path(out) if out is not None else records.default_results_file(record)
+    if profiling.timeseries and run.profiler_obj is not None:
+        relative = Path("timeseries") / f"{record['record_id']}.jsonl"  # relative to the records file
+        run.profiler_obj.write_timeseries(path.parent / relative)
+        record["timeseries_path"] = str(relative)
+    records.append_record(record, path)
     return record
 
 
-def _output_tokens_source(timings: list[RequestTiming], endpoint: str | None) -> str:
-    if endpoint is None:
+def _run_executor(source: ModelSource, target: BenchTarget, workload: WorkloadSpec, profiling: ProfileOptions,
+                  progress: bool) -> tuple[BenchRun, dict]:
+    from .executors import create_executor
+
+    tok = None
+    if workload.dataset != "random" and source.tokenizer_dir is not None:
+        from .chat import load_tokenizer
+
+        tok = load_tokenizer(source.tokenizer_dir, target.model)
+    warmup, measured = make_prompts(workload, source.config.vocab_size, tok)
+    longest = max(len(p.ids or ()) + p.output_len for p in warmup + measured)
+    ex = create_executor(target.executor, source, dtype=target.dtype, device=target.device,
+                         max_seq_len=target.max_seq_len or longest, eos_ids=source.config.eos_token_ids,
+                         threads=target.threads)
+    info = ex.describe()
+    run = run_phases(lambda ps, tag: drive_executor(ex, ps, workload, tag, progress), warmup, measured, workload,
+                     profiling, device=info.get("device", target.device))
+    return run, info
+
+
+def _run_endpoint(source: ModelSource | None, target: BenchTarget, workload: WorkloadSpec,
+                  profiling: ProfileOptions, progress: bool) -> tuple[BenchRun, dict]:
+    from .endpoint import completions_url
+
+    url = completions_url(target.endpoint)
+    vocab = source.config.vocab_size if source is not None else ENDPOINT_RANDOM_VOCAB
+    warmup, measured = make_prompts(workload, vocab)
+    info = {"executor": "endpoint", "endpoint": url}
+
+    def drive(prompts: list[Prompt], tag: str) -> list[RequestTiming]:
+        return drive_endpoint(url, target.model, prompts, workload, tag, progress, target.request_timeout_s)
+
+    return run_phases(drive, warmup, measured, workload, profiling), info
+
+
+def _bench_record(source: ModelSource | None, target: BenchTarget, workload: WorkloadSpec,
+                  profiling: ProfileOptions, run: BenchRun, info: dict) -> dict:
+    from . import records
+    from .nvml_devices import gpu_facts
+
+    preset = source.spec.split(":", 1)[1].split("@")[0] if source is not None and source.kind == "random" else None
+    gpus = run.profiler["gpus"] if run.profiler else gpu_facts()
+    env = records.environment(info, gpus, preset)
+    served = target.endpoint is not None
+    params = {**asdict(workload), "mode": workload.mode, "max_in_flight": workload.max_in_flight,
+              "executor": target.executor, "endpoint": target.endpoint,
+              "request_timeout_s": target.request_timeout_s if served else None,
+              "dtype": target.dtype, "device": target.device, "profile": profiling.enabled,
+              "profile_interval_ms": profiling.interval_ms if profiling.enabled else None,
+              "output_tokens_source": _output_tokens_source(run.timings, served)}
+    model_block = {"spec": target.model, "kind": source.kind if source else "served", "config": None}
+    if source is not None:
+        model_block["config"] = {k: v for k, v in asdict(source.config).items() if k != "source"}
+    record = records.make_record("bench", model_block, params, run.metrics.to_dict(), env, run.profiler)
+    if not served:
+        from .report import record_roofline
+
+        record["roofline"] = record_roofline(record)
+    return record
+
+
+def _output_tokens_source(timings: list[RequestTiming], served: bool) -> str:
+    if not served:
         return "executor"
     ok = [t for t in timings if t.ok]
     return "usage" if ok and all(t.output_tokens is not None for t in ok) else "chunks"
-
-
-def _gpu_facts(nvml_module=None) -> list[dict]:
-    from .nvml import gpu_facts
-
-    return gpu_facts(nvml_module)

@@ -113,14 +113,15 @@ def print_side_by_side(variants: list[Variant], echo) -> None:
 
 def bench_and_report(variants: list[Variant], out_dir: Path, echo) -> None:
     from . import plots, records, report
-    from .bench import BenchConfig, bench_model
+    from .bench import BenchTarget, bench_model
+    from .workload import WorkloadSpec
 
     out_dir.mkdir(parents=True, exist_ok=True)
     records_file = out_dir / "records.jsonl"
     subjects = []
     for v in variants:
-        rec = bench_model(str(v.source.path), BenchConfig(num_requests=8, input_len=32, output_len=32),
-                          dtype="float32", device="cpu", out=records_file, max_seq_len=128)
+        target = BenchTarget(str(v.source.path), dtype="float32", device="cpu", max_seq_len=128)
+        rec = bench_model(target, WorkloadSpec(num_requests=8, input_len=32, output_len=32), out=records_file)
         env = records.environment(v.describe)
         accuracy = records.make_record(
             "eval", {"spec": v.label, "path": str(v.source.path)},

@@ -6,8 +6,9 @@ bench, quality and eval results share one envelope (docs/records.md):
      "model": {...}, "environment": {...}, "parameters": {...}, "metrics": {...},
      "profiler": {...} | null, "timeseries_path": str | null, "roofline": {...} | null}
 
-Files live under profiles/results/ (one per host and GPU by default), so records from several
-machines are merged by reading several files: `load_records`.
+A command appends to the file it is given, else to ./fathom-runs/<host>-<gpu>.jsonl in the current
+directory ($FATHOM_RESULTS_DIR moves the directory); records from several machines are merged by
+reading several files: `load_records`.
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from fathom.build.errors import FathomError
+from fathom.build.precision import DTYPES, WeightFormat
 
 SCHEMA_VERSION = 1
-KINDS = ("bench", "quality", "eval")
 REQUIRED = {"schema_version": int, "kind": str, "record_id": str, "created_at": str, "environment": dict,
             "parameters": dict, "metrics": dict}
-PRECISION_OF_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+# model dtype -> the --precision word of its unquantized weights (bfloat16 -> bf16)
+PRECISION_OF_DTYPE = {dtype: WeightFormat.of_dtype(dtype).value for dtype in DTYPES}
+RUNS_DIR = "fathom-runs"  # under the current directory: where records go without --out
 
 
 class RecordError(FathomError):
@@ -38,13 +41,9 @@ class RecordError(FathomError):
 
 
 def results_dir() -> Path:
-    """$FATHOM_RESULTS_DIR, else the package's profiles/results/."""
+    """$FATHOM_RESULTS_DIR, else ./fathom-runs/ in the current working directory."""
     env = os.environ.get("FATHOM_RESULTS_DIR")
-    if env:
-        return Path(env)
-    import fathom.profiles
-
-    return Path(fathom.profiles.__file__).parent / "results"
+    return Path(env) if env else Path.cwd() / RUNS_DIR
 
 
 def _slug(text: str) -> str:

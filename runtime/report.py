@@ -16,7 +16,7 @@ from fathom.build.errors import FathomError
 
 from .records import get
 
-GROUP_KEYS = {"gpu": "gpu", "precision": "precision", "executor": "executor"}
+GROUP_BY = ("gpu", "precision", "executor")  # bench_row fields a report can group by
 GIB = 2**30
 # Accuracy axis of `compare`, preferred first -> the metrics fields that give it. A quality record
 # (fathom.runtime.quality) compares a candidate with a base: `task_accuracy_candidate` is the
@@ -176,16 +176,15 @@ def render(rows: list[dict], columns: list[tuple[str, str]], style: str) -> str:
 
 def report(records: list[dict], group_by: str | None = None) -> dict[str, list[dict]]:
     """Bench rows grouped by `group_by` (gpu | precision | executor); one group "all" without it."""
-    if group_by is not None and group_by not in GROUP_KEYS:
-        raise FathomError(f"--group-by {group_by!r}: expected one of {', '.join(GROUP_KEYS)}")
+    if group_by is not None and group_by not in GROUP_BY:
+        raise FathomError(f"--group-by {group_by!r}: expected one of {', '.join(GROUP_BY)}")
     rows = [bench_row(r) for r in records if r.get("kind") == "bench"]
     if not rows:
         raise FathomError("no bench records in the given files")
     groups: dict[str, list[dict]] = {}
-    key = GROUP_KEYS.get(group_by or "")
-    for row in sorted(rows, key=lambda r: (str(r.get(key)) if key else "", r["gpu"], str(r["executor"]),
+    for row in sorted(rows, key=lambda r: (str(r.get(group_by)) if group_by else "", r["gpu"], str(r["executor"]),
                                           str(r["precision"]), r["in_flight"] or 0, r["created_at"] or "")):
-        groups.setdefault(str(row.get(key)) if key else "all", []).append(row)
+        groups.setdefault(str(row.get(group_by)) if group_by else "all", []).append(row)
     return groups
 
 

@@ -2,17 +2,18 @@ import json
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from fakes import pynvml as fake_nvml
 
 from fathom.build.errors import ConfigError
-from fathom.runtime import nvml
-from fathom.runtime.bench import BenchConfig, Prompt, arrival_offsets_s, drive_executor, file_prompts
+from fathom.runtime import nvml_library
 from fathom.runtime.cli import main
 from fathom.runtime.endpoint import completions_url
 from fathom.runtime.executor import TokenEvent
+from fathom.runtime.workload import Prompt, WorkloadSpec, arrival_offsets_s, drive_executor, file_prompts
 
 
 class ScriptedExecutor:
@@ -54,12 +55,12 @@ def prompts(n, out_len=3):
 
 def test_static_batches_run_in_waves_and_concurrency_tops_up():
     ex = ScriptedExecutor()
-    timings = drive_executor(ex, prompts(5), BenchConfig(num_requests=5, batch_size=2), "t")
+    timings = drive_executor(ex, prompts(5), WorkloadSpec(num_requests=5, batch_size=2), "t")
     assert ex.max_running == 2 and [len(t.token_times_s) for t in timings] == [3] * 5
     assert list(ex.submitted_at_step.values()) == [0, 0, 3, 3, 6]  # a wave starts when the last one ended
     ex = ScriptedExecutor()
     varied = [Prompt([1], None, n) for n in (1, 4, 4, 4)]
-    timings = drive_executor(ex, varied, BenchConfig(num_requests=4, concurrency=2), "t")
+    timings = drive_executor(ex, varied, WorkloadSpec(num_requests=4, concurrency=2), "t")
     assert ex.max_running == 2
     assert list(ex.submitted_at_step.values()) == [0, 0, 1, 4]  # a slot is refilled as soon as it frees
     t = timings[1]
@@ -67,7 +68,7 @@ def test_static_batches_run_in_waves_and_concurrency_tops_up():
 
 
 def test_under_a_request_rate_requests_start_at_their_scheduled_arrivals():
-    cfg = BenchConfig(num_requests=6, request_rate=2000.0, seed=5)
+    cfg = WorkloadSpec(num_requests=6, request_rate=2000.0, seed=5)
     timings = drive_executor(ScriptedExecutor(), prompts(6), cfg, "t")
     starts = [t.start_s - timings[0].start_s for t in timings]
     assert starts == pytest.approx(arrival_offsets_s(6, 2000.0, 5))
@@ -89,7 +90,7 @@ def test_poisson_arrivals_are_seeded_with_the_requested_mean_rate():
 ])
 def test_bad_bench_options_are_refused(kwargs, message):
     with pytest.raises(ConfigError, match=message):
-        BenchConfig(**kwargs)
+        WorkloadSpec(**kwargs)
 
 
 def test_jsonl_dataset_prompts_are_validated_and_cycled(tmp_path):
@@ -111,7 +112,7 @@ def run_cli(args):
 def test_bench_cli_json_record_with_a_fake_gpu(tmp_path, monkeypatch):
     fake_nvml.configure([fake_nvml.FakeDevice()])
     monkeypatch.setitem(sys.modules, "pynvml", fake_nvml)
-    monkeypatch.setattr(nvml, "_said", set())
+    monkeypatch.setattr(nvml_library, "_said", set())
     out = tmp_path / "runs.jsonl"
     try:
         data = run_cli(["bench", "random:tiny", "--num-requests", "4", "--input-len", "8", "--output-len", "4",
@@ -219,3 +220,31 @@ def test_completions_url_accepts_base_v1_or_full_paths():
     assert completions_url("https://h/x/v1/completions") == "https://h/x/v1/completions"
     with pytest.raises(Exception, match="http"):
         completions_url("h:8000")
+
+
+def test_bench_without_out_writes_under_fathom_runs_in_the_cwd_and_nothing_in_the_package(tmp_path, monkeypatch):
+    import fathom.build
+    import fathom.engine
+    import fathom.profiles
+    import fathom.runtime
+
+    def package_files() -> set:
+        roots = [p for pkg in (fathom.build, fathom.engine, fathom.profiles, fathom.runtime) for p in pkg.__path__]
+        return {f for root in roots for f in Path(root).rglob("*") if "__pycache__" not in f.parts}
+
+    before = package_files()
+    fake_nvml.configure([fake_nvml.FakeDevice()])
+    monkeypatch.setitem(sys.modules, "pynvml", fake_nvml)
+    monkeypatch.setattr(nvml_library, "_said", set())
+    monkeypatch.delenv("FATHOM_RESULTS_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    try:
+        data = run_cli(["bench", "random:tiny", "--num-requests", "2", "--input-len", "4", "--output-len", "2",
+                        "--profile-interval-ms", "5", "--timeseries", "--json"])
+    finally:
+        fake_nvml.configure(library=False)
+    written = Path(data["records_file"])
+    assert written.parent == tmp_path / "fathom-runs" and written.name.endswith("-nvidia-h100-80gb-hbm3.jsonl")
+    assert [json.loads(line)["record_id"] for line in written.read_text().splitlines()] == [data["record"]["record_id"]]
+    assert (written.parent / data["record"]["timeseries_path"]).is_file()
+    assert package_files() == before

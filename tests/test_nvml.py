@@ -6,15 +6,17 @@ import time
 import pytest
 from fakes import pynvml as fake
 
-from fathom.runtime import nvml
+from fathom.build.errors import FathomError
+from fathom.runtime import nvml, nvml_library
 from fathom.runtime.nvml import Profiler, visible_gpu_indices
+from fathom.runtime.nvml_library import NVMLLibrary
 
 NEVER_TICKS = 600_000  # ms: only the start/end readings of the profiler and its windows happen
 
 
 @pytest.fixture(autouse=True)
 def clean(monkeypatch):
-    monkeypatch.setattr(nvml, "_said", set())
+    monkeypatch.setattr(nvml_library, "_said", set())
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     yield
     fake.configure(library=False)  # back to "no NVML" for whoever imports the fake next
@@ -153,7 +155,7 @@ def test_an_nvml_error_mid_run_stops_gpu_sampling_with_a_reason_and_keeps_earlie
 def test_nvml_error_codes_map_to_typed_exceptions(code, cls):
     fake.configure(devices(1))
     fake.inject_error("nvmlDeviceGetCount", at_call=1, code=code)
-    door = nvml._NVML(fake)
+    door = NVMLLibrary(fake)
     door.call("nvmlInit")
     with pytest.raises(cls) as err:
         door.call("nvmlDeviceGetCount")
@@ -162,7 +164,7 @@ def test_nvml_error_codes_map_to_typed_exceptions(code, cls):
 
 def test_a_function_missing_from_the_bindings_is_not_supported():
     with pytest.raises(nvml.NVMLNotSupported):
-        nvml._NVML(fake).call("nvmlDeviceGetSomethingNew")
+        NVMLLibrary(fake).call("nvmlDeviceGetSomethingNew")
 
 
 def test_no_gpu_says_so_once_and_records_null_gpu_fields(caplog):
@@ -228,11 +230,11 @@ def test_timeseries_file_has_one_line_per_reading(tmp_path):
 def test_nvml_is_shut_down_on_stop_and_windows_need_a_running_profiler():
     fake.configure(devices(1))
     prof = Profiler(NEVER_TICKS, nvml_module=fake)
-    with pytest.raises(nvml.FathomError, match="not running"):
+    with pytest.raises(FathomError, match="not running"):
         with prof.window("early"):
             pass
     with prof:
         pass
     assert len(fake.calls("nvmlInit")) == len(fake.calls("nvmlShutdown")) == 1
-    with pytest.raises(nvml.FathomError, match="interval"):
+    with pytest.raises(FathomError, match="interval"):
         Profiler(0)

@@ -1,5 +1,6 @@
 import json
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -62,6 +63,9 @@ def test_default_file_is_named_after_host_and_gpu(tmp_path, monkeypatch):
     assert records.default_results_file(bench_record("h", [H100, H100])).name == "h-2x-nvidia-h100-80gb-hbm3.jsonl"
     rec = bench_record("h", [])
     assert append_record(rec) == tmp_path / "h-cpu.jsonl"
+    monkeypatch.delenv("FATHOM_RESULTS_DIR")
+    monkeypatch.chdir(tmp_path / "..")
+    assert records.default_results_file(rec) == tmp_path.parent / "fathom-runs" / "h-cpu.jsonl"
 
 
 def test_bad_lines_name_the_file_and_line(tmp_path):
@@ -100,3 +104,19 @@ def test_get_reads_nested_fields():
     assert records.get(rec, "environment.gpus")[0]["uuid"] == "GPU-1"
     assert records.get(rec, "metrics.nope", 7) == 7
     assert records.get(rec, "profiler.status") is None
+
+
+def test_quality_appends_to_out_else_to_fathom_runs_in_the_cwd(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from fathom.runtime.cli import main
+
+    monkeypatch.delenv("FATHOM_RESULTS_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    args = ["quality", "random:tiny", "random:tiny", "--sequences", "1", "--seq-len", "8", "--task-problems", "0",
+            "--device", "cpu", "--json"]
+    for extra, where in (([], tmp_path / "fathom-runs"), (["--out", "q.jsonl"], tmp_path)):
+        res = CliRunner().invoke(main, args + extra)
+        assert res.exit_code == 0, res.output
+        saved = Path(json.loads(res.stdout)["record_file"]).resolve()
+        assert saved.parent == where and [r["kind"] for r in read_records(saved)] == ["quality"]

@@ -5,7 +5,7 @@ Examples:
     fathom bench demo --num-requests 8 --input-len 32 --output-len 16
     fathom bench ./ckpt --concurrency 16 --slo-ttft-ms 500 --slo-tpot-ms 50
     fathom bench Fathom-R1-14B --endpoint http://127.0.0.1:8000 --request-rate 4
-    fathom report profiles/results/ --group-by gpu --plot report.png
+    fathom report fathom-runs/ --group-by gpu --plot report.png
     fathom compare bf16.jsonl fp8.jsonl --plot tradeoff.png
 """
 
@@ -40,25 +40,27 @@ FORMATS = click.Choice(["table", "markdown", "json"])
 @click.option("--profile-interval-ms", type=click.FloatRange(1), default=100.0, show_default=True)
 @click.option("--timeseries", is_flag=True, help="Also write the profiler's readings next to the records file.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="Records file to append to (default: profiles/results/<host>-<gpu>.jsonl).")
+              help="Records file to append to (default: ./fathom-runs/<host>-<gpu>.jsonl).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random prompts and arrivals.")
 @json_option
 def bench(model, executor, dtype, device, tokenizer, threads, max_seq_len, input_len, output_len, num_requests, batch_size,
           concurrency, request_rate, warmup, dataset, slo_ttft_ms, slo_tpot_ms, endpoint, request_timeout_s, profile,
           profile_interval_ms, timeseries, out, seed, as_json):
     """Measure TTFT, TPOT, ITL, throughput, memory and energy of MODEL; append a run record."""
-    from fathom.runtime.bench import BenchConfig, bench_model
+    from fathom.runtime.bench import BenchTarget, ProfileOptions, bench_model
     from fathom.runtime.records import default_results_file
+    from fathom.runtime.workload import WorkloadSpec
 
     if request_rate == float("inf"):  # vLLM's spelling of "all at once"
         request_rate = None
-    cfg = BenchConfig(input_len=input_len, output_len=output_len, num_requests=num_requests, batch_size=batch_size,
-                      concurrency=concurrency, request_rate=request_rate, warmup=warmup, dataset=dataset,
-                      slo_ttft_ms=slo_ttft_ms, slo_tpot_ms=slo_tpot_ms, seed=seed)
-    record = bench_model(model, cfg, executor=executor, dtype=dtype, device=device, endpoint=endpoint,
-                         tokenizer=tokenizer, max_seq_len=max_seq_len, threads=threads, profile=profile,
-                         interval_ms=profile_interval_ms, out=out, timeseries=timeseries,
-                         progress=is_tty() and not as_json, request_timeout_s=request_timeout_s)
+    workload = WorkloadSpec(input_len=input_len, output_len=output_len, num_requests=num_requests,
+                            batch_size=batch_size, concurrency=concurrency, request_rate=request_rate, warmup=warmup,
+                            dataset=dataset, slo_ttft_ms=slo_ttft_ms, slo_tpot_ms=slo_tpot_ms, seed=seed)
+    target = BenchTarget(model, executor=executor, dtype=dtype, device=device, tokenizer=tokenizer,
+                         max_seq_len=max_seq_len, threads=threads, endpoint=endpoint,
+                         request_timeout_s=request_timeout_s)
+    profiling = ProfileOptions(enabled=profile, interval_ms=profile_interval_ms, timeseries=timeseries)
+    record = bench_model(target, workload, profiling, out=out, progress=is_tty() and not as_json)
     path = out or default_results_file(record)
     if as_json:
         return emit_json({"records_file": str(path), "record": record})

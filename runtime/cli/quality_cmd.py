@@ -24,15 +24,17 @@ from .common import emit_json, json_option
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
 @click.option("--device", default=None, help="cpu, cuda (default: cuda if available).")
 @click.option("--tokenizer", type=click.Path(file_okay=False), default=None, help="Tokenizer dir if BASE has none.")
-@click.option("--no-record", is_flag=True, help="Do not append the result to profiles/results/.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Records file to append to (default: ./fathom-runs/<host>-<gpu>.jsonl).")
+@click.option("--no-record", is_flag=True, help="Do not append the result to a records file.")
 @json_option
 def quality(base, candidate, data, sequences, seq_len, seed, task_problems, max_new_tokens, dtype, device,
-            tokenizer, no_record, as_json):
+            tokenizer, out, no_record, as_json):
     """Compare CANDIDATE (e.g. a quantized checkpoint) with BASE on the same tokens.
 
     Reports per-token KL divergence (mean, p99, max), top-1 agreement, perplexity of each and, for
-    the embedded demo model, task accuracy on held-out problems. The result is appended to
-    profiles/results/ as a `quality` record.
+    the embedded demo model, task accuracy on held-out problems. The result is appended to --out
+    (default: ./fathom-runs/) as a `quality` record.
 
     \b
         fathom convert demo ./demo-bf16
@@ -49,7 +51,7 @@ def quality(base, candidate, data, sequences, seq_len, seed, task_problems, max_
     if not no_record:
         from fathom.runtime.records import append_record
 
-        saved = str(append_record(quality_record(result)))
+        saved = str(append_record(quality_record(result), out))
     if as_json:
         emit_json({**result, "record_file": saved})
         return
