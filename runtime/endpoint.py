@@ -1,4 +1,4 @@
-"""Streaming client for OpenAI-compatible /v1/completions (fathom serve, vLLM, trtllm-serve).
+"""Streaming client for OpenAI-compatible /v1/completions (vLLM, SGLang, trtllm-serve).
 
 Standard library only. One request = one POST with `stream: true`; the server answers with
 server-sent events `data: {...}` and ends with `data: [DONE]`. The arrival time of every chunk that
