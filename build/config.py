@@ -160,7 +160,7 @@ def read_json(path: Path) -> dict[str, Any]:
 
 # Presets: name -> ModelConfig kwargs. Exact lookup through `preset()`.
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
-    # REFERENCE.md s1: the published Fathom-R1-14B config.
+    # The published Fathom-R1-14B config.json (docs/REFERENCE.md, Model).
     "fathom-r1-14b": dict(
         vocab_size=152064, hidden_size=5120, intermediate_size=13824, num_hidden_layers=48,
         num_attention_heads=40, num_key_value_heads=8, head_dim=128, max_position_embeddings=131072,

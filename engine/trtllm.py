@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from fathom.build.errors import MissingDependencyError
 
-SUPPORTED_TRTLLM_VERSION = "1.2.1"  # the last release with the TensorRT engine backend (REFERENCE s3)
+# The release whose engine-build API fathom follows. The TensorRT engine backend is frozen upstream
+# and removed on its main branch (docs/REFERENCE.md, TensorRT-LLM releases).
+SUPPORTED_TRTLLM_VERSION = "1.2.1"
 INSTALL_HINT = ("pip install 'fathom-engine[trtllm]' (tensorrt-llm 1.2.1: Linux, Python 3.10 or 3.12, "
                 "and a CUDA GPU)")
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from fathom.build.errors import FathomError
 
-# REFERENCE.md s1: the model card's evaluation prompt suffix.
+# The model card's evaluation instruction (docs/REFERENCE.md, Evaluation protocol).
 PROMPT_SUFFIX = "Please reason step by step, and put your final answer within \\boxed{}."
 MAX_DIGITS = 3
 SPLITS = ("train", "heldout")

@@ -38,7 +38,8 @@ from fathom.runtime import arith
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_JSON = REPO / "profiles" / "results" / "demo_model_training.json"
 
-# The exact DeepSeek-R1-Distill-Qwen strings (REFERENCE.md s1); the pad token is DeepSeek-V3's.
+# The exact DeepSeek-R1-Distill-Qwen strings (docs/REFERENCE.md, Tokenizer and chat template);
+# the pad token is DeepSeek-V3's.
 PAD, BOS, EOS = "<｜▁pad▁｜>", "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"
 USER, ASSISTANT, THINK, END_THINK = "<｜User｜>", "<｜Assistant｜>", "<think>", "</think>"
 SPECIAL_TOKENS = [PAD, BOS, EOS, USER, ASSISTANT, THINK, END_THINK]  # ids 0..6 in this order

@@ -17,7 +17,7 @@ def test_fathom_preset_has_reference_shapes():
     cfg = preset("fathom-r1-14b")
     assert cfg.head_dim == 128 and cfg.num_hidden_layers == 48
     assert round(cfg.num_params() / 1e9, 2) == 14.77
-    assert cfg.kv_bytes_per_token(2) == 192 * 1024  # REFERENCE.md s1: 192 KiB/token in bf16
+    assert cfg.kv_bytes_per_token(2) == 192 * 1024  # docs/REFERENCE.md, Derived sizes
     assert cfg.kv_bytes_per_token(2) * 16384 == 3 * 2**30
 
 
