@@ -51,7 +51,8 @@ BANDWIDTH_EFFICIENCY = 0.8
 COMPUTE_EFFICIENCY = 0.6
 
 
-def _engine_precision(word: str) -> WeightFormat:
+def engine_precision(word: str) -> WeightFormat:
+    """The weight format of a --precision word the planner sizes; PlanError for fp32 and unknown words."""
     choices = ", ".join(ENGINE_PRECISIONS)
     if word == WeightFormat.FP32:
         raise PlanError(f"--precision fp32: not an engine precision (profiles/gpus.json has no fp32 tensor-core "
@@ -81,7 +82,7 @@ class Deployment:
     max_batch_size: int | None = None  # None: the sequences of seq_len tokens that fit
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "precision", _engine_precision(self.precision))
+        object.__setattr__(self, "precision", engine_precision(self.precision))
         object.__setattr__(self, "kv_cache", _kv_cache_format(self.kv_cache))
         for name in ("seq_len", "tp", "pp", "max_num_tokens", "max_batch_size"):
             value = getattr(self, name)

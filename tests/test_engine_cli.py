@@ -53,6 +53,14 @@ def test_plan_kv_cache_words_are_the_kv_cache_formats():
     assert (dep["precision"], dep["kv_cache"], d["concurrent_sequences"]) == ("fp16", "model", 14)
 
 
+def test_plan_refuses_fp32_with_the_reason_in_one_line():
+    r = run("plan", "random:fathom-r1-14b", "--gpu", "h100", "--precision", "fp32")
+    assert r.exit_code == 1 and "--precision fp32: not an engine precision" in r.output
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+    r = run("plan", "random:fathom-r1-14b", "--gpu", "h100", "--precision", "int4")
+    assert r.exit_code == 1 and "expected one of bf16, fp16, fp8, w8a16, w4a16_awq" in r.output
+
+
 def test_plan_reads_precision_and_mapping_from_an_engine(tmp_path, fake_trtllm):  # noqa: F811
     ckpt = write_checkpoint(tmp_path / "ckpt", "tiny", tp=2, quant_algo="W4A16_AWQ", kv_algo="INT8")
     assert run("build", str(ckpt), str(tmp_path / "engine"), "--gpu", "l40s").exit_code == 0

@@ -21,7 +21,7 @@ def _echo_lines(lines: list[str]) -> None:
 @click.argument("model")
 @click.option("--gpu", required=True, envvar="FATHOM_GPU",
               help="Target GPU: h100, h100-pcie, h200, a100, a100-40gb, l40s, l4, rtx4090, ... or auto (NVML).")
-@click.option("--precision", type=click.Choice([w.value for w in ENGINE_PRECISIONS]), default=None,
+@click.option("--precision", default=None, metavar="[" + "|".join(ENGINE_PRECISIONS) + "]",
               help="Weights precision [default: the checkpoint's, else bf16].")
 @click.option("--kv-cache", type=click.Choice([k.value for k in KvCacheFormat]), default=None,
               help="KV cache format; model = the model dtype [default: the checkpoint's, else fp8 with "
@@ -45,11 +45,11 @@ def plan_cmd(model, gpu, precision, kv_cache, seq_len, tp, pp, max_num_tokens, m
     from fathom.engine.fit_options import options_that_fit, require_fit
     from fathom.engine.gpus import get_gpu
     from fathom.engine.plan_text import render_plan
-    from fathom.engine.planner import Deployment, plan
+    from fathom.engine.planner import Deployment, engine_precision, plan
     from fathom.engine.presets import describe_model
 
     target = describe_model(model)
-    precision = WeightFormat(precision or target["precision"] or WeightFormat.BF16)
+    precision = engine_precision(precision or target["precision"] or WeightFormat.BF16)
     kv_cache = (kv_cache or (target["kv_cache"] if target["precision"] is precision else None)
                 or KvCacheFormat.default_for(precision))
     dep = Deployment(precision=precision, kv_cache=kv_cache, seq_len=seq_len, tp=tp or target["tp"] or 1,
