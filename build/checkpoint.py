@@ -21,6 +21,7 @@ from .config import ARCHITECTURE, ModelConfig, read_json
 from .errors import CheckpointError, ConfigError
 from .layout import RankPlan, TensorSpec, plan_ranks
 from .mapping import Mapping
+from .precision import KvCacheFormat, WeightFormat
 from .tp_split import ShardKind, merge_shards
 from .precision import DTYPES, torch_dtype
 from .quant.config import QuantConfig
@@ -134,6 +135,16 @@ class CheckpointInfo:
     def max_seq_len(self) -> int:
         return self.raw["seq_length"]
 
+    @property
+    def weights(self) -> WeightFormat:
+        """The weight format: `quantization.quant_algo`, else the unquantized format of `dtype`."""
+        return WeightFormat.of_checkpoint(self.quantization.quant_algo, self.dtype, str(self.path / CONFIG_NAME))
+
+    @property
+    def kv_cache(self) -> KvCacheFormat:
+        """The KV cache format: `quantization.kv_cache_quant_algo` (null: the model dtype)."""
+        return KvCacheFormat.of_checkpoint(self.quantization.kv_cache_quant_algo, str(self.path / CONFIG_NAME))
+
     def rank_plans(self) -> list[RankPlan]:
         transform = transform_for(self.quantization, self.cfg)
         stored = [s for _, outs in checkpoint_specs(self.cfg, torch_dtype(self.dtype, f"{self.path}: field 'dtype' ="), transform)
@@ -146,8 +157,11 @@ def read_checkpoint(path: str | Path) -> CheckpointInfo:
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a checkpoint directory")
     cfg_path = path / CONFIG_NAME
-    raw = read_json(cfg_path)
-    source = str(cfg_path)
+    return checkpoint_info(read_json(cfg_path), path, str(cfg_path))
+
+
+def checkpoint_info(raw: dict, path: Path, source: str) -> CheckpointInfo:
+    """CheckpointInfo of a checkpoint config.json dict, or of an engine's `pretrained_config` (same keys)."""
     cfg = config_from_trtllm(raw, source)
     mapping = Mapping.from_dict(_require(raw, "mapping", source), source)
     mapping.check_model(cfg)

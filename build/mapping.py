@@ -77,6 +77,17 @@ class Mapping:
         """KV heads on each tp rank; below tp_size heads are duplicated (TRT-LLM Attention: ceil(kv / tp))."""
         return max(num_kv_heads // self.tp_size, 1)
 
+    def qkv_rows(self, cfg: ModelConfig) -> tuple[int, int]:
+        """(q rows, k-or-v rows) of one tp rank's fused qkv projection."""
+        return cfg.q_size // self.tp_size, self.kv_heads_per_rank(cfg.num_key_value_heads) * cfg.head_dim
+
+    def linear_shapes(self, cfg: ModelConfig) -> list[tuple[int, int]]:
+        """(out, in) of one layer's linears on one tp rank: attention.qkv, attention.dense, mlp.fc,
+        mlp.gate (column-split), mlp.proj (row-split)."""
+        q, kv = self.qkv_rows(cfg)
+        h, i = cfg.hidden_size, cfg.intermediate_size // self.tp_size
+        return [(q + 2 * kv, h), (h, q), (i, h), (i, h), (h, i)]
+
     def to_dict(self) -> dict[str, int]:
         """The `mapping` block of config.json (Mapping.from_dict(d) = Mapping(**d) in TRT-LLM)."""
         return {"world_size": self.world_size, "tp_size": self.tp_size, "pp_size": self.pp_size}

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import ModelConfig
+from .mapping import Mapping
 
 
 class ShardKind(Enum):
@@ -51,8 +52,8 @@ def kind_of(name: str) -> ShardKind:
 
 def _qkv_rows(cfg: ModelConfig, tp: int, unit: int = 1) -> tuple[int, int]:
     """(q rows, k-or-v rows) of one rank's qkv shard; `unit` output rows per stored row (2: int4 packed)."""
-    kv_heads_local = max(cfg.num_key_value_heads // tp, 1)
-    return cfg.q_size // tp // unit, kv_heads_local * cfg.head_dim // unit
+    q_rows, kv_rows = Mapping(tp_size=tp).qkv_rows(cfg)
+    return q_rows // unit, kv_rows // unit
 
 
 def _rows_per_stored_row(kind: ShardKind) -> int:

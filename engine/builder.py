@@ -22,15 +22,18 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from fathom.build.atomic import atomic_output_dir
 from fathom.build.errors import CheckpointError, MissingDependencyError, PlanError
 
 from .gpus import GpuSpec, get_gpu, gpu_from_nvml_name, local_gpu_names
 from .planner import Plan
-from .presets import BuildSettings, CheckpointInfo, load_preset, read_checkpoint, settings_for_checkpoint
+from .presets import BuildSettings, load_preset, read_build_checkpoint, settings_for_checkpoint
 from .trtllm import import_tensorrt_llm, require_supported_version
+
+if TYPE_CHECKING:
+    from fathom.build.checkpoint import CheckpointInfo
 
 BUILD_CONFIG_FIELDS = ("max_input_len", "max_seq_len", "max_batch_size", "max_beam_width", "max_num_tokens")
 PLUGIN_FIELDS = ("gpt_attention_plugin", "gemm_plugin", "context_fmha", "use_paged_context_fmha",
@@ -56,7 +59,7 @@ class BuildSpec:
     def to_dict(self, out: str | Path, workers: int = 1) -> dict:
         return {
             "checkpoint": str(self.checkpoint.path), "output": str(out), "preset": self.settings.name,
-            "gpu": self.gpu.key, "world_size": self.checkpoint.world_size,
+            "gpu": self.gpu.key, "world_size": self.checkpoint.mapping.world_size,
             "build_config": self.build_config_kwargs(), "plugin_config": self.plugin_config_kwargs(),
             "runtime": self.settings.runtime,
             "trtllm_build": shlex.join(self.command(out, workers)),
@@ -69,11 +72,13 @@ def prepare_build(checkpoint_dir: str | Path, preset: str | None = None, gpu: st
     """Read the checkpoint, pick and check the settings, plan them; nothing is built or imported."""
     if preset is None and gpu is None:
         raise PlanError("fathom build: pass --preset NAME or --gpu NAME (the GPU the engine is for; 'auto' = this one)")
-    ckpt = read_checkpoint(checkpoint_dir)
-    missing = [f"rank{r}.safetensors" for r in range(ckpt.world_size)
+    ckpt = read_build_checkpoint(checkpoint_dir)
+    mapping = ckpt.mapping
+    missing = [f"rank{r}.safetensors" for r in range(mapping.world_size)
                if not (ckpt.path / f"rank{r}.safetensors").is_file()]
     if missing:
-        raise CheckpointError(f"{ckpt.path}: missing {', '.join(missing)} for tp={ckpt.tp} pp={ckpt.pp}")
+        raise CheckpointError(f"{ckpt.path}: missing {', '.join(missing)} "
+                              f"for tp={mapping.tp_size} pp={mapping.pp_size}")
     if preset is not None:
         target = get_gpu(load_preset(preset).gpu)
         if gpu is not None and get_gpu(gpu).key != target.key:
@@ -165,7 +170,7 @@ def build_engine(spec: BuildSpec, out: str | Path, force: bool = False, workers:
     version = require_supported_version(trtllm)
     build_gpu = check_build_machine(spec.gpu)
     args = (str(spec.checkpoint.path), spec.build_config_kwargs(), spec.plugin_config_kwargs())
-    ranks = range(spec.checkpoint.world_size)
+    ranks = range(spec.checkpoint.mapping.world_size)
     with atomic_output_dir(out, force) as tmp:
         if workers == 1:
             for r in ranks:

@@ -6,14 +6,16 @@ from __future__ import annotations
 import shlex
 
 from fathom.build.config import preset
+from fathom.build.precision import KvCacheFormat, WeightFormat
 
 from .builder import trtllm_build_command
 from .gpus import get_gpu
-from .planner import Deployment, default_kv_cache, plan, render_plan
+from .plan_text import render_plan
+from .planner import Deployment, plan
 from .presets import PRESET_MODEL, load_preset
 
 DEMO_GPUS = ("h100", "l40s")
-DEMO_PRECISIONS = ("bf16", "fp8")
+DEMO_PRECISIONS = (WeightFormat.BF16, WeightFormat.FP8)
 DEMO_PRESET = "h100-sxm-fp8"
 
 
@@ -23,8 +25,8 @@ def demo_text() -> str:
     lines = []
     for gpu_name in DEMO_GPUS:
         for precision in DEMO_PRECISIONS:
-            p = plan(cfg, get_gpu(gpu_name), Deployment(precision=precision, kv_cache=default_kv_cache(precision)),
-                     model_name="Fathom-R1-14B")
+            dep = Deployment(precision=precision, kv_cache=KvCacheFormat.default_for(precision))
+            p = plan(cfg, get_gpu(gpu_name), dep, model_name="Fathom-R1-14B")
             lines += render_plan(p) + [""]
     settings = load_preset(DEMO_PRESET)
     ckpt, engine = "./fathom-r1-14b-fp8-ckpt", f"./fathom-r1-14b-{DEMO_PRESET}-engine"

@@ -12,10 +12,13 @@ from functools import lru_cache
 from importlib import resources
 
 from fathom.build.errors import ConfigError, MissingDependencyError, PlanError
+from fathom.build.precision import WeightFormat
 
 GIB = 2**30
 TB = 10**12
-DTYPES = ("bf16", "fp8", "int8")  # keys of dense_tflops
+# dense_tflops keys every entry must have: the tensor-core input dtypes of the weight formats. Entries
+# may list more (int8, from the same datasheets).
+COMPUTE_DTYPES = tuple(dict.fromkeys(w.compute_dtype for w in WeightFormat if w.compute_dtype is not None))
 
 
 @dataclass(frozen=True)
@@ -26,15 +29,17 @@ class GpuSpec:
     nvml_names: tuple[str, ...]
     memory_gib: float
     memory_bandwidth_tb_s: float
-    dense_tflops: dict  # dtype -> TFLOPS (None = unsupported)
+    dense_tflops: dict  # tensor-core input dtype -> TFLOPS (None = unsupported)
     compute_capability: str
     fp8: bool
     source: str
 
     def __post_init__(self) -> None:
         where = f"profiles/gpus.json: gpus.{self.key}"
-        if set(self.dense_tflops) != set(DTYPES):
-            raise ConfigError(f"{where}.dense_tflops: expected keys {', '.join(DTYPES)}")
+        missing = [d for d in COMPUTE_DTYPES if d not in self.dense_tflops]
+        if missing:
+            raise ConfigError(f"{where}.dense_tflops: missing {', '.join(missing)} "
+                              f"(expected keys {', '.join(COMPUTE_DTYPES)})")
         if self.fp8 != (self.sm >= 89):
             raise ConfigError(f"{where}.fp8 = {self.fp8}, expected {self.sm >= 89} (FP8 tensor cores need sm >= 89)")
         if (self.dense_tflops["fp8"] is not None) != self.fp8:
@@ -56,7 +61,7 @@ class GpuSpec:
         return self.memory_bandwidth_tb_s * TB
 
     def flops_s(self, dtype: str) -> float:
-        """Dense peak ops/s for `dtype` (bf16 | fp8 | int8); raises if the GPU lacks it."""
+        """Dense peak ops/s for `dtype` (a WeightFormat.compute_dtype, or int8); raises if the GPU lacks it."""
         tflops = self.dense_tflops[dtype]
         if tflops is None:
             raise PlanError(f"{self.name} (sm{self.sm}) has no {dtype} tensor cores")

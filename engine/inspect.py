@@ -13,13 +13,13 @@ from fathom.build.errors import CheckpointError
 from .gpus import get_gpu
 from .manifest import MANIFEST_NAME, read_engine_manifest
 from .planner import Deployment, plan
-from .presets import mapping_of, precision_of
+from .presets import engine_formats
 
 
 def describe_engine(path: str | Path) -> dict:
     """Manifest (None if the engine was not built by fathom), build config, engine files and the plan
     for the manifest's GPU (None without a manifest: the target GPU is then unknown)."""
-    from fathom.build.checkpoint import config_from_trtllm
+    from fathom.build.checkpoint import checkpoint_info
 
     path = Path(path)
     source = str(path / "config.json")
@@ -27,9 +27,9 @@ def describe_engine(path: str | Path) -> dict:
     if not isinstance(raw.get("pretrained_config"), dict) or not isinstance(raw.get("build_config"), dict):
         raise CheckpointError(f"{source}: not a TensorRT-LLM engine config (expected 'pretrained_config' and 'build_config')")
     pretrained, build_config = raw["pretrained_config"], raw["build_config"]
-    cfg = config_from_trtllm(pretrained, source)
-    precision, kv_cache, _, _ = precision_of(pretrained, source)
-    tp, pp = mapping_of(pretrained, source)
+    ckpt = checkpoint_info(pretrained, path, source)
+    cfg, mapping = ckpt.cfg, ckpt.mapping
+    precision, kv_cache = engine_formats(ckpt)
     notes = []
     manifest = None
     if (path / MANIFEST_NAME).is_file():
@@ -38,13 +38,14 @@ def describe_engine(path: str | Path) -> dict:
         notes.append(f"no {MANIFEST_NAME}: not built by fathom build, target GPU unknown, no plan")
     engines = [{"file": f"rank{r}.engine",
                 "bytes": (path / f"rank{r}.engine").stat().st_size if (path / f"rank{r}.engine").is_file() else None}
-               for r in range(tp * pp)]
+               for r in range(mapping.world_size)]
     notes += [f"missing {e['file']}" for e in engines if e["bytes"] is None]
 
     planned = None
     if manifest is not None:
-        dep = Deployment(precision=precision, kv_cache=kv_cache, seq_len=build_config["max_seq_len"], tp=tp, pp=pp,
-                         max_num_tokens=build_config["max_num_tokens"], max_batch_size=build_config["max_batch_size"])
+        dep = Deployment(precision=precision, kv_cache=kv_cache, seq_len=build_config["max_seq_len"],
+                         tp=mapping.tp_size, pp=mapping.pp_size, max_num_tokens=build_config["max_num_tokens"],
+                         max_batch_size=build_config["max_batch_size"])
         planned = plan(cfg, get_gpu(manifest["gpu"]["key"]), dep, model_name=path.name).to_dict()
     return {
         "kind": "engine",
@@ -56,7 +57,7 @@ def describe_engine(path: str | Path) -> dict:
                   "hidden_size": cfg.hidden_size},
         "precision": precision,
         "kv_cache": kv_cache,
-        "mapping": {"tp_size": tp, "pp_size": pp, "world_size": tp * pp},
+        "mapping": {"tp_size": mapping.tp_size, "pp_size": mapping.pp_size, "world_size": mapping.world_size},
         "build_config": build_config,
         "engine_files": engines,
         "plan": planned,

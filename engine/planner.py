@@ -27,36 +27,54 @@ import math
 from dataclasses import asdict, dataclass, replace
 
 from fathom.build.config import ModelConfig
-from fathom.build.errors import PlanError
+from fathom.build.errors import ConfigError, PlanError
+from fathom.build.mapping import Mapping
+from fathom.build.precision import DTYPE_BYTES, KvCacheFormat, WeightFormat
 
 from .gpus import GIB, GpuSpec
 
-PRECISIONS = ("bf16", "fp8", "w8a16", "w4a16_awq")
-KV_CACHE_DTYPES = ("bf16", "fp8", "int8")
-KV_DTYPE_BYTES = {"bf16": 2, "fp8": 1, "int8": 1}
-AWQ_GROUP_SIZE = 128
-ACT_BYTES = 2  # activations stay 16-bit in every precision here
-LOGITS_BYTES = 4  # TRT-LLM's default logits_dtype is float32
+# Weight formats the planner sizes: those with a tensor-core rate in the GPU catalogue (fp32 has none).
+ENGINE_PRECISIONS = tuple(w for w in WeightFormat if w.compute_dtype is not None)
+# Quantized formats keep activations and unquantized tensors in the checkpoint's 16-bit dtype;
+# bfloat16 and float16 have the same size, so bfloat16 stands for both.
+QUANTIZED_MODEL_DTYPE = "bfloat16"
+LOGITS_BYTES = DTYPE_BYTES["float32"]  # config.json logits_dtype, as build/checkpoint.py writes it
 
 KV_CACHE_FRACTION = 0.9  # TRT-LLM default share of free memory given to the KV cache
 RUNTIME_OVERHEAD_BYTES = 1 * GIB  # CUDA context, cuBLAS/TRT workspaces, runtime buffers (estimate)
 ACTIVATION_SHARE = 1 / 16  # max_num_tokens is the largest power of two whose activations fit in this share
 MAX_BATCH_CAP = 2048  # BuildConfig.max_batch_size default in tensorrt_llm/builder.py
-# "Expected" = ceiling at these efficiencies. Assumed, not measured on this model: on the lent H100
-# a plain copy reached ~0.90 of datasheet bandwidth and a bf16 matmul ~0.81 of peak (REFERENCE s4);
-# whole decoder kernels (attention, small GEMMs, launches) reach less.
+# "Expected" = ceiling at these efficiencies. Assumed, not measured on this model: on an H100 a plain
+# copy reached ~0.90 of datasheet bandwidth and a bf16 matmul ~0.81 of peak (docs/REFERENCE.md, GPU
+# measurements); whole decoder kernels (attention, small GEMMs, launches) reach less.
 BANDWIDTH_EFFICIENCY = 0.8
 COMPUTE_EFFICIENCY = 0.6
 
 
-def default_kv_cache(precision: str) -> str:
-    return "fp8" if precision == "fp8" else "bf16"
+def engine_precision(word: str) -> WeightFormat:
+    """The weight format of a --precision word the planner sizes; PlanError for fp32 and unknown words."""
+    choices = ", ".join(ENGINE_PRECISIONS)
+    if word == WeightFormat.FP32:
+        raise PlanError(f"--precision fp32: not an engine precision (profiles/gpus.json has no fp32 tensor-core "
+                        f"rate); expected one of {choices}")
+    if word not in ENGINE_PRECISIONS:
+        raise PlanError(f"--precision {str(word)!r}: expected one of {choices}")
+    return WeightFormat(word)
+
+
+def _kv_cache_format(word: str) -> KvCacheFormat:
+    if word not in tuple(KvCacheFormat):
+        raise PlanError(f"--kv-cache {str(word)!r}: expected one of {', '.join(KvCacheFormat)}")
+    return KvCacheFormat(word)
 
 
 @dataclass(frozen=True)
 class Deployment:
-    precision: str = "bf16"
-    kv_cache: str = "bf16"
+    """What is deployed: weight and KV cache formats (members or their --precision / --kv-cache
+    words), sequence length, mapping and engine limits."""
+
+    precision: WeightFormat = WeightFormat.BF16
+    kv_cache: KvCacheFormat = KvCacheFormat.MODEL
     seq_len: int = 16384
     tp: int = 1
     pp: int = 1
@@ -64,10 +82,8 @@ class Deployment:
     max_batch_size: int | None = None  # None: the sequences of seq_len tokens that fit
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise PlanError(f"--precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
-        if self.kv_cache not in KV_CACHE_DTYPES:
-            raise PlanError(f"--kv-cache {self.kv_cache!r}: expected one of {', '.join(KV_CACHE_DTYPES)}")
+        object.__setattr__(self, "precision", engine_precision(self.precision))
+        object.__setattr__(self, "kv_cache", _kv_cache_format(self.kv_cache))
         for name in ("seq_len", "tp", "pp", "max_num_tokens", "max_batch_size"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -78,47 +94,20 @@ class Deployment:
         return self.tp * self.pp
 
     @property
+    def mapping(self) -> Mapping:
+        return Mapping(tp_size=self.tp, pp_size=self.pp)
+
+    @property
+    def model_dtype(self) -> str:
+        """dtype of activations and of every unquantized tensor (embedding, lm_head, norms, biases)."""
+        return self.precision.dtype or QUANTIZED_MODEL_DTYPE
+
+    @property
     def uses_fp8(self) -> bool:
-        return self.precision == "fp8" or self.kv_cache == "fp8"
+        return self.precision is WeightFormat.FP8 or self.kv_cache is KvCacheFormat.FP8
 
 
 # ---- model arithmetic -------------------------------------------------------------------------
-def layers_per_stage(num_layers: int, pp: int) -> list[int]:
-    """Layers held by each pp rank: the first `num_layers % pp` ranks get one extra
-    (torch.tensor_split, as Mapping.pp_layers does in tensorrt_llm/mapping.py)."""
-    base, extra = divmod(num_layers, pp)
-    return [base + (1 if s < extra else 0) for s in range(pp)]
-
-
-def kv_heads_per_rank(cfg: ModelConfig, tp: int) -> int:
-    """KV heads split over tp ranks, duplicated when there are fewer heads than ranks."""
-    return max(1, cfg.num_key_value_heads // tp)
-
-
-def linear_shapes(cfg: ModelConfig, tp: int) -> list[tuple[int, int]]:
-    """(out, in) of one layer's linears on one tp rank: qkv, dense, fc, gate, proj."""
-    q = cfg.q_size // tp
-    kv = kv_heads_per_rank(cfg, tp) * cfg.head_dim
-    i = cfg.intermediate_size // tp
-    h = cfg.hidden_size
-    return [(q + 2 * kv, h), (h, q), (i, h), (i, h), (h, i)]
-
-
-def linear_bytes(out: int, inp: int, precision: str) -> int:
-    """Stored bytes of one (out, in) linear, scales included."""
-    n = out * inp
-    if precision == "bf16":
-        return 2 * n
-    if precision == "fp8":
-        return n + 2 * 4  # e4m3 weights + float32 weights_scaling_factor and activation_scaling_factor
-    if precision == "w8a16":
-        return n + 2 * out  # int8 weights + per-channel 16-bit scale
-    if precision == "w4a16_awq":
-        groups = math.ceil(inp / AWQ_GROUP_SIZE)
-        return n // 2 + 2 * groups * out + 2 * inp  # int4 + group scales + prequant_scaling_factor
-    raise PlanError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
-
-
 @dataclass(frozen=True)
 class Stage:
     """One rank of one pp stage (all tp ranks of a stage are alike)."""
@@ -133,50 +122,55 @@ class Stage:
     q_size: int  # attention width on this rank
 
 
-def stages(cfg: ModelConfig, precision: str, kv_cache: str, tp: int, pp: int) -> list[Stage]:
-    h = cfg.hidden_size
-    shapes = linear_shapes(cfg, tp)
-    kv = kv_heads_per_rank(cfg, tp) * cfg.head_dim
-    layer_bytes = sum(linear_bytes(o, i, precision) for o, i in shapes) + 2 * (cfg.q_size // tp + 2 * kv) + 2 * 2 * h
+def stages(cfg: ModelConfig, dep: Deployment) -> list[Stage]:
+    """The ranks of each pp stage, laid out by build/mapping.py's Mapping as TRT-LLM shards them."""
+    mapping, h = dep.mapping, cfg.hidden_size
+    unquantized_bytes = DTYPE_BYTES[dep.model_dtype]
+    shapes = mapping.linear_shapes(cfg)
+    q, kv = mapping.qkv_rows(cfg)
+    layer_bytes = (sum(dep.precision.linear_bytes(o, i) for o, i in shapes)
+                   + unquantized_bytes * (q + 2 * kv + 2 * h))  # qkv bias, two RMSNorm weights
     layer_params = sum(o * i for o, i in shapes)
-    vocab_rank = math.ceil(cfg.vocab_size / tp)  # lm_head padded to a multiple of tp, then split
-    embedding = 2 * cfg.vocab_size * h  # replicated per tp rank (TRT-LLM use_parallel_embedding=False)
+    vocab_rank = mapping.padded_vocab_size(cfg.vocab_size) // dep.tp  # lm_head rows on this rank
+    embedding = unquantized_bytes * cfg.vocab_size * h  # replicated per tp rank (use_parallel_embedding=False)
+    kv_element_bytes = dep.kv_cache.bytes_per_element(dep.model_dtype)
     out = []
-    counts = layers_per_stage(cfg.num_hidden_layers, pp)
-    for s, n in enumerate(counts):
-        first, last = s == 0, s == pp - 1
-        weights = n * layer_bytes + (embedding if first else 0) + ((2 * vocab_rank * h + 2 * h) if last else 0)
+    for s in range(dep.pp):
+        n = len(mapping.pp_layers(cfg.num_hidden_layers, s))
+        first, last = s == 0, s == dep.pp - 1
+        weights = (n * layer_bytes + (embedding if first else 0)
+                   + (unquantized_bytes * (vocab_rank * h + h) if last else 0))  # lm_head, ln_f
         out.append(Stage(
             layers=n, first=first, last=last, weights_bytes=weights,
             embedding_bytes=embedding if first else 0,
             linear_params=n * layer_params + (vocab_rank * h if last else 0),
-            kv_bytes_per_token=2 * n * kv * KV_DTYPE_BYTES[kv_cache],
-            q_size=cfg.q_size // tp,
+            kv_bytes_per_token=2 * n * kv * kv_element_bytes,
+            q_size=q,
         ))
     return out
 
 
-def weight_bytes_total(cfg: ModelConfig, precision: str) -> int:
+def weight_bytes_total(cfg: ModelConfig, precision: WeightFormat) -> int:
     """Bytes of the whole model's weights at one rank (tp=1, pp=1)."""
-    return stages(cfg, precision, "bf16", 1, 1)[0].weights_bytes
+    return stages(cfg, Deployment(precision=precision))[0].weights_bytes
 
 
-def activation_bytes(cfg: ModelConfig, tp: int, num_tokens: int, logits_rows: int, last: bool) -> int:
+def activation_bytes(cfg: ModelConfig, dep: Deployment, num_tokens: int, logits_rows: int, last: bool) -> int:
     """Peak activations of one rank for `num_tokens` tokens in flight (TensorRT reuses buffers
     across layers, so one layer's widest tensors count): residual + normed input, qkv, the fused
     fc|gate output and the activated product; plus float32 logits rows on the last stage."""
-    kv = kv_heads_per_rank(cfg, tp) * cfg.head_dim
-    per_token = ACT_BYTES * (2 * cfg.hidden_size + cfg.q_size // tp + 2 * kv + 3 * (cfg.intermediate_size // tp))
+    q, kv = dep.mapping.qkv_rows(cfg)
+    width = 2 * cfg.hidden_size + q + 2 * kv + 3 * (cfg.intermediate_size // dep.tp)
     logits = logits_rows * cfg.vocab_size * LOGITS_BYTES if last else 0
-    return num_tokens * per_token + logits
+    return num_tokens * DTYPE_BYTES[dep.model_dtype] * width + logits
 
 
-def pick_max_num_tokens(cfg: ModelConfig, gpu: GpuSpec, tp: int, seq_len: int) -> int:
+def pick_max_num_tokens(cfg: ModelConfig, gpu: GpuSpec, dep: Deployment) -> int:
     """Largest power of two <= seq_len (at least 1024 when seq_len allows) whose activations stay
     within ACTIVATION_SHARE of the GPU: one chunk then prefills a whole prompt where memory allows."""
     budget = gpu.memory_bytes * ACTIVATION_SHARE
-    tokens = 1 << (seq_len.bit_length() - 1)
-    while tokens > 1024 and activation_bytes(cfg, tp, tokens, 0, False) > budget:
+    tokens = 1 << (dep.seq_len.bit_length() - 1)
+    while tokens > 1024 and activation_bytes(cfg, dep, tokens, 0, False) > budget:
         tokens //= 2
     return tokens
 
@@ -253,17 +247,17 @@ class Plan:
 
 
 def check_deployment(cfg: ModelConfig, gpu: GpuSpec, dep: Deployment) -> None:
-    """Refuse combinations the hardware or TRT-LLM's mapping cannot run at all."""
+    """Refuse combinations the hardware or TRT-LLM's mapping (Mapping.check_model) cannot run at all."""
     if dep.uses_fp8 and not gpu.fp8:
-        raise PlanError(f"FP8 ({'weights' if dep.precision == 'fp8' else 'KV cache'}) needs FP8 tensor cores "
-                        f"(sm >= 89); {gpu.name} is sm{gpu.sm}: use --precision bf16|w8a16|w4a16_awq and --kv-cache bf16|int8")
-    if cfg.num_attention_heads % dep.tp:
-        raise PlanError(f"--tp {dep.tp}: must divide num_attention_heads ({cfg.num_attention_heads})")
-    kv = cfg.num_key_value_heads
-    if kv % dep.tp and dep.tp % kv:
-        raise PlanError(f"--tp {dep.tp}: must divide or be a multiple of num_key_value_heads ({kv})")
-    if dep.pp > cfg.num_hidden_layers:
-        raise PlanError(f"--pp {dep.pp}: more pipeline stages than layers ({cfg.num_hidden_layers})")
+        weights = "|".join(w for w in ENGINE_PRECISIONS if w is not WeightFormat.FP8)
+        kv_cache = "|".join(k for k in KvCacheFormat if k is not KvCacheFormat.FP8)
+        what = "weights" if dep.precision is WeightFormat.FP8 else "KV cache"
+        raise PlanError(f"FP8 ({what}) needs FP8 tensor cores (sm >= 89); {gpu.name} is sm{gpu.sm}: "
+                        f"use --precision {weights} and --kv-cache {kv_cache}")
+    try:
+        dep.mapping.check_model(cfg)
+    except ConfigError as e:
+        raise PlanError(str(e)) from None
 
 
 def _roofline(stage_list: list[Stage], dep: Deployment, bandwidth: float, peak: float, batch: int) -> dict:
@@ -291,15 +285,15 @@ def plan(cfg: ModelConfig, gpu: GpuSpec, dep: Deployment, model_name: str = "mod
     """The memory breakdown and roofline of `cfg` on `gpu` under `dep` (no weights are read)."""
     check_deployment(cfg, gpu, dep)
     notes = []
-    tokens = dep.max_num_tokens or pick_max_num_tokens(cfg, gpu, dep.tp, dep.seq_len)
-    stage_list = stages(cfg, dep.precision, dep.kv_cache, dep.tp, dep.pp)
+    tokens = dep.max_num_tokens or pick_max_num_tokens(cfg, gpu, dep)
+    stage_list = stages(cfg, dep)
     overhead = RUNTIME_OVERHEAD_BYTES
 
     def fit(logits_rows: int) -> tuple[int, Stage, int, int]:
         """(sequences that fit, limiting stage, its activation bytes, its KV budget)."""
         worst = None
         for s in stage_list:
-            act = activation_bytes(cfg, dep.tp, tokens, logits_rows, s.last)
+            act = activation_bytes(cfg, dep, tokens, logits_rows, s.last)
             budget = max(0, int(KV_CACHE_FRACTION * (gpu.memory_bytes - s.weights_bytes - act - overhead)))
             fits = budget // (s.kv_bytes_per_token * dep.seq_len)
             if worst is None or fits < worst[0]:
@@ -323,17 +317,17 @@ def plan(cfg: ModelConfig, gpu: GpuSpec, dep: Deployment, model_name: str = "mod
     estimates = {}
     decode_batch = max(1, min(resolved.max_batch_size, concurrent))
     if concurrent >= 1:
-        compute_dtype = "fp8" if dep.precision == "fp8" else "bf16"
-        ceil_ = _roofline(stage_list, resolved, gpu.bandwidth_bytes_s, gpu.flops_s(compute_dtype), decode_batch)
+        peak = gpu.flops_s(dep.precision.compute_dtype)
+        ceil_ = _roofline(stage_list, resolved, gpu.bandwidth_bytes_s, peak, decode_batch)
         expe = _roofline(stage_list, resolved, gpu.bandwidth_bytes_s * BANDWIDTH_EFFICIENCY,
-                         gpu.flops_s(compute_dtype) * COMPUTE_EFFICIENCY, decode_batch)
+                         peak * COMPUTE_EFFICIENCY, decode_batch)
         estimates = {k: Estimate(ceil_[k], expe[k]) for k in ceil_}
 
     return Plan(
         model_name=model_name, num_params=cfg.num_params(), gpu=gpu, deployment=resolved,
         weights_total_bytes=weight_bytes_total(cfg, dep.precision),
         weights_per_rank_bytes=max(s.weights_bytes for s in stage_list),
-        kv_bytes_per_token_model=cfg.kv_bytes_per_token(KV_DTYPE_BYTES[dep.kv_cache]),
+        kv_bytes_per_token_model=cfg.kv_bytes_per_token(dep.kv_cache.bytes_per_element(dep.model_dtype)),
         kv_bytes_per_token_rank=limiting.kv_bytes_per_token,
         kv_bytes_per_sequence_rank=limiting.kv_bytes_per_token * dep.seq_len,
         activation_bytes=act, runtime_overhead_bytes=overhead, kv_budget_bytes=budget,
@@ -344,96 +338,3 @@ def plan(cfg: ModelConfig, gpu: GpuSpec, dep: Deployment, model_name: str = "mod
         prefill=estimates.get("prefill"), ttft_ms=estimates.get("ttft_ms"),
         decode_batch=decode_batch, notes=tuple(notes),
     )
-
-
-# ---- refusal with the nearest options that fit ----------------------------------------------------
-def alternatives(cfg: ModelConfig, gpu: GpuSpec, dep: Deployment) -> list[tuple[str, Deployment]]:
-    """One-step changes worth trying when `dep` does not fit: cheaper weights or KV, more tp, shorter context."""
-    out = []
-    base = replace(dep, max_num_tokens=None, max_batch_size=None)
-    if gpu.fp8 and dep.precision != "fp8":
-        out.append(("--precision fp8 --kv-cache fp8", replace(base, precision="fp8", kv_cache="fp8")))
-    if not gpu.fp8 and dep.precision == "bf16":
-        out.append(("--precision w8a16", replace(base, precision="w8a16")))
-        out.append(("--precision w4a16_awq", replace(base, precision="w4a16_awq")))
-    if dep.kv_cache == "bf16":
-        cheap_kv = "fp8" if gpu.fp8 else "int8"
-        out.append((f"--kv-cache {cheap_kv}", replace(base, kv_cache=cheap_kv)))
-    for tp in (dep.tp * 2, dep.tp * 4):
-        out.append((f"--tp {tp}", replace(base, tp=tp)))
-    seq = dep.seq_len // 2
-    while seq >= 1024:
-        out.append((f"--seq-len {seq}", replace(base, seq_len=seq)))
-        seq //= 2
-    return out
-
-
-def options_that_fit(cfg: ModelConfig, gpu: GpuSpec, dep: Deployment) -> list[tuple[str, int]]:
-    """(flags, sequences that fit) for each alternative that fits; the first --tp and --seq-len only."""
-    found, seen_kinds = [], set()
-    for flags, alt in alternatives(cfg, gpu, dep):
-        kind = flags.split()[0]
-        if kind in ("--tp", "--seq-len") and kind in seen_kinds:
-            continue
-        try:
-            p = plan(cfg, gpu, alt)
-        except PlanError:
-            continue
-        if p.fits:
-            seen_kinds.add(kind)
-            found.append((flags, p.concurrent_sequences))
-    return found
-
-
-def require_fit(p: Plan, cfg: ModelConfig) -> None:
-    """Raise PlanError naming why `p` does not fit and the nearest options that do."""
-    if p.fits:
-        return
-    d = p.deployment
-    free = p.gpu.memory_bytes - p.weights_per_rank_bytes - p.activation_bytes - p.runtime_overhead_bytes
-    if free <= 0:
-        why = (f"weights {p.weights_per_rank_bytes / GIB:.1f} GiB + activations {p.activation_bytes / GIB:.1f} GiB "
-               f"+ overhead {p.runtime_overhead_bytes / GIB:.1f} GiB exceed {p.gpu.memory_gib:g} GiB per GPU")
-    else:
-        why = (f"KV budget {p.kv_budget_bytes / GIB:.2f} GiB holds no {d.seq_len}-token sequence "
-               f"({p.kv_bytes_per_sequence_rank / GIB:.2f} GiB each)")
-    options = options_that_fit(cfg, p.gpu, d)
-    tail = ("options that fit: " + ", ".join(f"{f} ({n} x {d.seq_len if 'seq-len' not in f else f.split()[1]}-token seqs)"
-                                             for f, n in options)) if options else "no single change fits"
-    raise PlanError(f"{p.model_name} {d.precision} (KV {d.kv_cache}, tp={d.tp}, pp={d.pp}) does not fit "
-                    f"{p.gpu.name}: {why}; {tail}")
-
-
-# ---- text ---------------------------------------------------------------------------------------
-def render_plan(p: Plan) -> list[str]:
-    """The plan as aligned text lines (what `fathom plan` and the demo print)."""
-    d, g = p.deployment, p.gpu
-    gib = lambda b: f"{b / GIB:8.2f} GiB"  # noqa: E731
-    memory = [
-        ("weights (largest rank)", gib(p.weights_per_rank_bytes), f"whole model {p.weights_total_bytes / 1e9:.1f} GB"),
-        ("activations/workspace (est.)", gib(p.activation_bytes), f"{d.max_num_tokens} tokens"),
-        ("runtime overhead (est.)", gib(p.runtime_overhead_bytes), ""),
-        (f"KV budget ({KV_CACHE_FRACTION:.0%} of free)", gib(p.kv_budget_bytes), ""),
-        ("KV per token", f"{p.kv_bytes_per_token_rank / 1024:8.1f} KiB", f"whole model {p.kv_bytes_per_token_model / 1024:.0f} KiB"),
-        (f"KV per {d.seq_len:,}-token sequence", gib(p.kv_bytes_per_sequence_rank), ""),
-    ]
-    lines = [
-        f"{p.model_name} ({p.num_params / 1e9:.2f} B params) on {g.name} "
-        f"({g.memory_gib:g} GiB, {g.memory_bandwidth_tb_s:g} TB/s, sm{g.sm})",
-        f"  {d.precision} weights, {d.kv_cache} KV cache, tp={d.tp} pp={d.pp}, {d.seq_len:,}-token sequences, "
-        f"max_num_tokens={d.max_num_tokens}, max_batch_size={d.max_batch_size}",
-        "  memory per GPU",
-        *[f"    {label:<33}{value}" + (f"   ({extra})" if extra else "") for label, value, extra in memory],
-        f"  concurrent {d.seq_len:,}-token sequences: {p.concurrent_sequences}" + ("" if p.fits else "  -> DOES NOT FIT"),
-    ]
-    if p.fits:
-        lines.append(f"  roofline: ceiling (datasheet) | expected ({BANDWIDTH_EFFICIENCY:.0%} bandwidth, "
-                     f"{COMPUTE_EFFICIENCY:.0%} compute)")
-        rows = [("decode, batch 1", p.decode_batch1, "tok/s"),
-                (f"decode, batch 1 at {d.seq_len:,} ctx", p.decode_batch1_full_context, "tok/s"),
-                (f"decode, batch {p.decode_batch} (ctx {d.seq_len // 2:,})", p.decode_max_batch, "tok/s"),
-                (f"prefill {d.seq_len:,}-token prompt", p.prefill, "tok/s"),
-                (f"TTFT {d.seq_len:,}-token prompt", p.ttft_ms, "ms")]
-        lines += [f"    {label:<33}{e.ceiling:>10,.1f} | {e.expected:>10,.1f} {unit}" for label, e, unit in rows]
-    lines += [f"  note: {n}" for n in p.notes]
-    return lines

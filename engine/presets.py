@@ -2,12 +2,14 @@
 
 A preset is plain data (profiles/presets/<gpu>-<precision>.json) generated from the planner by
 profiles/make_presets.py. The same sizing runs on the fly for `fathom build --gpu NAME`. Choices
-follow REFERENCE.md s3 and tensorrt_llm/plugin/plugin.py (PluginConfig):
+follow tensorrt-llm 1.2.1's `tensorrt_llm/builder.py` (BuildConfig) and `tensorrt_llm/plugin/plugin.py`
+(PluginConfig):
 - max_seq_len = max_input_len = 16384 (otherwise max_seq_len comes from max_position_embeddings,
   131072, and max_input_len defaults to 1024); max_num_tokens and max_batch_size from the planner;
 - paged KV cache with paged context FMHA, which is what chunked context (a runtime switch) needs
   to prefill prompts longer than max_num_tokens;
-- bf16: gemm_plugin "auto"; FP8: gemm_plugin disabled (recommended for FP8) and FP8 context FMHA.
+- bf16: gemm_plugin "auto"; FP8: gemm_plugin disabled (for FP8 linears equivalent to "auto") and
+  FP8 context FMHA.
 """
 
 from __future__ import annotations
@@ -16,12 +18,18 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from fathom.build.config import ModelConfig, preset, read_json
+from fathom.build.config import preset
 from fathom.build.errors import CheckpointError, ConfigError, PlanError
+from fathom.build.precision import KvCacheFormat, QuantAlgo, WeightFormat
 
+from .fit_options import require_fit
 from .gpus import GIB, GpuSpec, catalogue
-from .planner import Deployment, Plan, default_kv_cache, plan, require_fit
+from .planner import ENGINE_PRECISIONS, Deployment, Plan, plan
+
+if TYPE_CHECKING:
+    from fathom.build.checkpoint import CheckpointInfo
 
 PRESET_MODEL = "fathom-r1-14b"
 PRESET_SEQ_LEN = 16384
@@ -29,68 +37,28 @@ TOKENS_PER_BLOCK = 32  # PluginConfig.tokens_per_block default
 TP_CHOICES = (1, 2, 4, 8)
 GENERATED_BY = "python profiles/make_presets.py (from fathom.engine.planner; regenerate, do not edit by hand)"
 
-QUANT_ALGO_TO_PRECISION = {None: "bf16", "FP8": "fp8", "W8A16": "w8a16", "W4A16_AWQ": "w4a16_awq"}
-KV_QUANT_ALGO_TO_DTYPE = {None: "bf16", "FP8": "fp8", "INT8": "int8"}
-
 
 # ---- what a checkpoint holds ----------------------------------------------------------------------
-@dataclass(frozen=True)
-class CheckpointInfo:
-    path: Path
-    config: ModelConfig
-    precision: str
-    kv_cache: str
-    tp: int
-    pp: int
-    quant_algo: str | None
-    kv_cache_quant_algo: str | None
-
-    @property
-    def world_size(self) -> int:
-        return self.tp * self.pp
+def engine_formats(ckpt: CheckpointInfo) -> tuple[WeightFormat, KvCacheFormat]:
+    """(weights, KV cache) of a checkpoint or engine; an engine's weights are quantized or 16-bit float."""
+    weights = ckpt.weights
+    if weights not in ENGINE_PRECISIONS:
+        wanted = " or ".join(repr(w.dtype) for w in ENGINE_PRECISIONS if w.dtype is not None)
+        raise ConfigError(f"{ckpt.path / 'config.json'}: field 'dtype' = {ckpt.dtype!r}, "
+                          f"expected {wanted} for an engine")
+    return weights, ckpt.kv_cache
 
 
-def precision_of(raw: dict, source: str) -> tuple[str, str, str | None, str | None]:
-    """(precision, kv_cache, quant_algo, kv_cache_quant_algo) of a TRT-LLM config.json dict."""
-    quant = raw.get("quantization") or {}
-    algo, kv_algo = quant.get("quant_algo"), quant.get("kv_cache_quant_algo")
-    if algo not in QUANT_ALGO_TO_PRECISION:
-        raise ConfigError(f"{source}: quantization.quant_algo = {algo!r}, expected one of "
-                          f"{', '.join(str(a) for a in QUANT_ALGO_TO_PRECISION)}")
-    if kv_algo not in KV_QUANT_ALGO_TO_DTYPE:
-        raise ConfigError(f"{source}: quantization.kv_cache_quant_algo = {kv_algo!r}, expected one of "
-                          f"{', '.join(str(a) for a in KV_QUANT_ALGO_TO_DTYPE)}")
-    # float16 checkpoints have the byte and FLOP rates of bf16, so they are sized as bf16.
-    if algo is None and raw.get("dtype") not in ("bfloat16", "float16"):
-        raise ConfigError(f"{source}: field 'dtype' = {raw.get('dtype')!r}, expected 'bfloat16' or 'float16' for an engine")
-    return QUANT_ALGO_TO_PRECISION[algo], KV_QUANT_ALGO_TO_DTYPE[kv_algo], algo, kv_algo
-
-
-def mapping_of(raw: dict, source: str) -> tuple[int, int]:
-    mapping = raw.get("mapping") or {}
-    tp, pp = mapping.get("tp_size", 1), mapping.get("pp_size", 1)
-    if not all(isinstance(v, int) and v >= 1 for v in (tp, pp)):
-        raise ConfigError(f"{source}: mapping tp_size/pp_size = {tp!r}/{pp!r}, expected positive integers")
-    if mapping.get("world_size", tp * pp) != tp * pp:
-        raise ConfigError(f"{source}: mapping.world_size = {mapping['world_size']}, expected tp_size * pp_size = {tp * pp}")
-    return tp, pp
-
-
-def read_checkpoint(path: str | Path) -> CheckpointInfo:
-    """Config, precision and mapping of a fathom/TRT-LLM checkpoint dir (no weights read)."""
+def read_build_checkpoint(path: str | Path) -> CheckpointInfo:
+    """The TRT-LLM checkpoint an engine is built from (build/checkpoint.py reads it; no weights read)."""
+    from fathom.build.checkpoint import read_checkpoint
     from fathom.build.sources import resolve_model
 
-    path = Path(path)
     src = resolve_model(str(path))
     if src.kind != "checkpoint":
         raise CheckpointError(f"{path}: expected a TRT-LLM checkpoint (config.json with 'architecture' and 'mapping'), "
                               f"got a {src.kind} {'directory' if src.path else 'source'}; convert it first with fathom convert")
-    source = str(path / "config.json")
-    raw = read_json(path / "config.json")
-    precision, kv_cache, algo, kv_algo = precision_of(raw, source)
-    tp, pp = mapping_of(raw, source)
-    return CheckpointInfo(path=path, config=src.config, precision=precision, kv_cache=kv_cache, tp=tp, pp=pp,
-                          quant_algo=algo, kv_cache_quant_algo=kv_algo)
+    return read_checkpoint(path)
 
 
 def describe_model(spec: str) -> dict:
@@ -102,11 +70,16 @@ def describe_model(spec: str) -> dict:
     out = {"name": spec.partition(":")[2].partition("@")[0] if src.kind == "random" else Path(spec).name,
            "config": src.config, "precision": None, "kv_cache": None, "tp": None, "pp": None}
     if src.kind in ("checkpoint", "engine"):
-        source = str(src.path / "config.json")
-        raw = read_json(src.path / "config.json")
-        raw = raw["pretrained_config"] if src.kind == "engine" else raw
-        out["precision"], out["kv_cache"], _, _ = precision_of(raw, source)
-        out["tp"], out["pp"] = mapping_of(raw, source)
+        from fathom.build.checkpoint import CONFIG_NAME, checkpoint_info, read_checkpoint
+        from fathom.build.config import read_json
+
+        if src.kind == "engine":
+            source = src.path / CONFIG_NAME
+            ckpt = checkpoint_info(read_json(source)["pretrained_config"], src.path, str(source))
+        else:
+            ckpt = read_checkpoint(src.path)
+        out["precision"], out["kv_cache"] = engine_formats(ckpt)
+        out["tp"], out["pp"] = ckpt.mapping.tp_size, ckpt.mapping.pp_size
     return out
 
 
@@ -116,8 +89,8 @@ class BuildSettings:
     name: str | None  # preset name; None when sized on the fly for --gpu
     gpu: str  # catalogue key
     model: str
-    precision: str
-    kv_cache: str
+    precision: WeightFormat
+    kv_cache: KvCacheFormat
     tp: int
     pp: int
     build_config: dict  # tensorrt_llm.BuildConfig keyword arguments
@@ -137,11 +110,11 @@ class BuildSettings:
         return d
 
 
-def plugin_settings(precision: str) -> dict:
-    fp8 = precision == "fp8"
+def plugin_settings(precision: WeightFormat) -> dict:
+    fp8 = precision is WeightFormat.FP8
     return {
         "gpt_attention_plugin": "auto",
-        "gemm_plugin": None if fp8 else "auto",  # None = disabled: recommended for FP8 GEMMs
+        "gemm_plugin": None if fp8 else "auto",  # None = disabled; for FP8 linears equivalent to "auto"
         "context_fmha": True,
         "use_paged_context_fmha": True,  # needed by chunked context and KV reuse
         "use_fp8_context_fmha": fp8,
@@ -175,15 +148,15 @@ def planned_summary(p: Plan) -> dict:
     }
 
 
-def preset_name(gpu_key: str, precision: str) -> str:
+def preset_name(gpu_key: str, precision: WeightFormat) -> str:
     return f"{gpu_key}-{precision}"
 
 
-def fathom_preset(gpu: GpuSpec, precision: str) -> BuildSettings:
+def fathom_preset(gpu: GpuSpec, precision: WeightFormat) -> BuildSettings:
     """The preset for Fathom-R1-14B on `gpu`: the smallest tp that fits 16K sequences."""
     cfg = preset(PRESET_MODEL)
     for tp in TP_CHOICES:
-        p = plan(cfg, gpu, Deployment(precision=precision, kv_cache=default_kv_cache(precision),
+        p = plan(cfg, gpu, Deployment(precision=precision, kv_cache=KvCacheFormat.default_for(precision),
                                       seq_len=PRESET_SEQ_LEN, tp=tp), model_name=PRESET_MODEL)
         if p.fits:
             return settings_from_plan(p, preset_name(gpu.key, precision), PRESET_MODEL)
@@ -194,7 +167,7 @@ def render_presets() -> dict[str, dict]:
     """Every preset file's content, by name: bf16 everywhere, FP8 where the GPU has FP8 tensor cores."""
     out = {}
     for gpu in catalogue().values():
-        for precision in ("bf16", "fp8") if gpu.fp8 else ("bf16",):
+        for precision in (WeightFormat.BF16, WeightFormat.FP8) if gpu.fp8 else (WeightFormat.BF16,):
             s = fathom_preset(gpu, precision)
             out[s.name] = {"description": f"{PRESET_MODEL} {precision} (KV {s.kv_cache}) on {gpu.name}, "
                                           f"tp={s.tp}, sized for {PRESET_SEQ_LEN:,}-token sequences",
@@ -220,27 +193,36 @@ def load_preset(name: str) -> BuildSettings:
         raise PlanError(f"--preset {name!r}: unknown preset; valid presets: {', '.join(names)}")
     raw = json.loads(_preset_dir().joinpath(f"{name}.json").read_text())
     keys = {f for f in BuildSettings.__dataclass_fields__}
-    return BuildSettings(**{k: (tuple(v) if k == "notes" else v) for k, v in raw.items() if k in keys})
+    values = {k: (tuple(v) if k == "notes" else v) for k, v in raw.items() if k in keys}
+    values["precision"] = WeightFormat.parse(values["precision"], f"{name}.json: field 'precision' =")
+    values["kv_cache"] = KvCacheFormat.parse(values["kv_cache"], f"{name}.json: field 'kv_cache' =")
+    return BuildSettings(**values)
 
 
 # ---- contradictions between a preset and a checkpoint -----------------------------------------------
+def _algo_text(algo: QuantAlgo | None) -> str:
+    return repr(algo.value) if algo is not None else "None"
+
+
 def check_compat(s: BuildSettings, ckpt: CheckpointInfo, gpu: GpuSpec) -> None:
     """Refuse settings that contradict the checkpoint or the GPU, with the reason and a way out."""
     label = f"preset {s.name}" if s.name else f"settings for --gpu {s.gpu}"
-    algo = f"quantization.quant_algo = {ckpt.quant_algo!r}"
-    if s.plugin_config.get("use_fp8_context_fmha") and ckpt.precision != "fp8":
-        raise PlanError(f"{label} enables FP8 context FMHA but {ckpt.path} is a {ckpt.precision} checkpoint ({algo}); "
-                        f"use preset {preset_name(gpu.key, ckpt.precision)} or --gpu {gpu.key}")
-    if s.precision != ckpt.precision:
-        raise PlanError(f"{label} builds {s.precision} kernels but {ckpt.path} is a {ckpt.precision} checkpoint ({algo}); "
-                        f"use preset {preset_name(gpu.key, ckpt.precision)} or --gpu {gpu.key}")
-    if s.kv_cache != ckpt.kv_cache:
-        raise PlanError(f"{label} is sized for a {s.kv_cache} KV cache but {ckpt.path} has a {ckpt.kv_cache} one "
-                        f"(quantization.kv_cache_quant_algo = {ckpt.kv_cache_quant_algo!r}); use --gpu {gpu.key}")
-    if (ckpt.precision == "fp8" or ckpt.kv_cache == "fp8") and not gpu.fp8:
+    weights, kv_cache = engine_formats(ckpt)
+    algo = f"quantization.quant_algo = {_algo_text(weights.quant_algo)}"
+    if s.plugin_config.get("use_fp8_context_fmha") and weights is not WeightFormat.FP8:
+        raise PlanError(f"{label} enables FP8 context FMHA but {ckpt.path} is a {weights} checkpoint ({algo}); "
+                        f"use preset {preset_name(gpu.key, weights)} or --gpu {gpu.key}")
+    if s.precision is not weights:
+        raise PlanError(f"{label} builds {s.precision} kernels but {ckpt.path} is a {weights} checkpoint ({algo}); "
+                        f"use preset {preset_name(gpu.key, weights)} or --gpu {gpu.key}")
+    if s.kv_cache is not kv_cache:
+        raise PlanError(f"{label} is sized for a {s.kv_cache} KV cache but {ckpt.path} has a {kv_cache} one "
+                        f"(quantization.kv_cache_quant_algo = {_algo_text(kv_cache.quant_algo)}); use --gpu {gpu.key}")
+    if (weights is WeightFormat.FP8 or kv_cache is KvCacheFormat.FP8) and not gpu.fp8:
         raise PlanError(f"{ckpt.path} holds FP8 tensors but {gpu.name} is sm{gpu.sm}; FP8 needs sm >= 89")
-    if (s.tp, s.pp) != (ckpt.tp, ckpt.pp):
-        raise PlanError(f"{label} is sized for tp={s.tp} pp={s.pp} but {ckpt.path} is mapped tp={ckpt.tp} pp={ckpt.pp}; "
+    tp, pp = ckpt.mapping.tp_size, ckpt.mapping.pp_size
+    if (s.tp, s.pp) != (tp, pp):
+        raise PlanError(f"{label} is sized for tp={s.tp} pp={s.pp} but {ckpt.path} is mapped tp={tp} pp={pp}; "
                         f"convert with --tp {s.tp} --pp {s.pp}, or use --gpu {gpu.key} to size for this mapping")
 
 
@@ -265,16 +247,17 @@ def settings_for_checkpoint(ckpt: CheckpointInfo, gpu: GpuSpec, preset_id: str |
     checkpoint's own config) or sized for `gpu` by the planner; CLI overrides applied; refuses
     what contradicts the checkpoint or does not fit."""
     if preset_id is None:
-        dep = Deployment(precision=ckpt.precision, kv_cache=ckpt.kv_cache,
-                         seq_len=overrides.get("max_seq_len") or PRESET_SEQ_LEN, tp=ckpt.tp, pp=ckpt.pp,
+        weights, kv_cache = engine_formats(ckpt)
+        dep = Deployment(precision=weights, kv_cache=kv_cache, seq_len=overrides.get("max_seq_len") or PRESET_SEQ_LEN,
+                         tp=ckpt.mapping.tp_size, pp=ckpt.mapping.pp_size,
                          max_num_tokens=overrides.get("max_num_tokens"), max_batch_size=overrides.get("max_batch_size"))
-        p = plan(ckpt.config, gpu, dep, model_name=ckpt.path.name)
-        require_fit(p, ckpt.config)
+        p = plan(ckpt.cfg, gpu, dep, model_name=ckpt.path.name)
+        require_fit(p, ckpt.cfg)
         settings = with_overrides(settings_from_plan(p, None, ckpt.path.name), max_input_len=overrides.get("max_input_len"))
         check_compat(settings, ckpt, gpu)
         return settings, p
     settings = with_overrides(load_preset(preset_id), **overrides)
     check_compat(settings, ckpt, gpu)
-    p = plan(ckpt.config, gpu, settings.deployment(), model_name=ckpt.path.name)
-    require_fit(p, ckpt.config)
+    p = plan(ckpt.cfg, gpu, settings.deployment(), model_name=ckpt.path.name)
+    require_fit(p, ckpt.cfg)
     return settings, p

@@ -49,18 +49,20 @@ def planner_roofline(config: dict | None, gpu_name: str | None, precision: str |
         return None
     try:
         from fathom.build.config import ModelConfig
+        from fathom.build.precision import KvCacheFormat, WeightFormat
         from fathom.engine import planner
         from fathom.engine.gpus import gpu_from_nvml_name
     except ImportError:
         return None
     gpu = gpu_from_nvml_name(gpu_name)
-    if gpu is None or precision not in planner.PRECISIONS:
+    if gpu is None or precision not in planner.ENGINE_PRECISIONS:
         return None
-    kv = kv_cache if kv_cache in planner.KV_CACHE_DTYPES else planner.default_kv_cache(precision)
-    out = {"source": "fathom.engine.planner", "gpu": gpu.key, "precision": precision, "kv_cache": kv,
+    weights = WeightFormat(precision)
+    kv = KvCacheFormat(kv_cache) if kv_cache in tuple(KvCacheFormat) else KvCacheFormat.default_for(weights)
+    out = {"source": "fathom.engine.planner", "gpu": gpu.key, "precision": weights.value, "kv_cache": kv.value,
            "seq_len": seq_len, "tp": tp, "decode_tok_per_s_by_batch": {}, "note": None}
     try:
-        dep = planner.Deployment(precision, kv, seq_len=seq_len, tp=tp, max_batch_size=batch)
+        dep = planner.Deployment(weights, kv, seq_len=seq_len, tp=tp, max_batch_size=batch)
         p = planner.plan(ModelConfig(**config), gpu, dep)
     except FathomError as e:
         return out | {"note": f"no ceiling: {e}"}

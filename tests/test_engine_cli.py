@@ -39,7 +39,34 @@ def test_plan_reads_precision_and_mapping_from_a_checkpoint(tmp_path):
     d = json.loads(run("plan", str(ckpt), "--gpu", "l40s", "--json").output)
     assert (d["deployment"]["precision"], d["deployment"]["kv_cache"], d["deployment"]["tp"]) == ("fp8", "fp8", 2)
     d = json.loads(run("plan", str(ckpt), "--gpu", "l40s", "--precision", "bf16", "--tp", "1", "--json").output)
-    assert (d["deployment"]["precision"], d["deployment"]["kv_cache"], d["deployment"]["tp"]) == ("bf16", "bf16", 1)
+    assert (d["deployment"]["precision"], d["deployment"]["kv_cache"], d["deployment"]["tp"]) == ("bf16", "model", 1)
+
+
+def test_plan_kv_cache_words_are_the_kv_cache_formats():
+    r = run("plan", "random:fathom-r1-14b", "--gpu", "h100", "--kv-cache", "model")
+    assert r.exit_code == 0 and "bf16 weights, model KV cache" in r.output
+    r = run("plan", "random:fathom-r1-14b", "--gpu", "h100", "--kv-cache", "bf16")
+    assert r.exit_code == 2 and "'bf16' is not one of 'model', 'fp8', 'int8'" in r.output
+    r = run("plan", "random:fathom-r1-14b", "--gpu", "h100", "--precision", "fp16", "--json")
+    d = json.loads(r.output)
+    dep = d["deployment"]
+    assert (dep["precision"], dep["kv_cache"], d["concurrent_sequences"]) == ("fp16", "model", 14)
+
+
+def test_plan_refuses_fp32_with_the_reason_in_one_line():
+    r = run("plan", "random:fathom-r1-14b", "--gpu", "h100", "--precision", "fp32")
+    assert r.exit_code == 1 and "--precision fp32: not an engine precision" in r.output
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+    r = run("plan", "random:fathom-r1-14b", "--gpu", "h100", "--precision", "int4")
+    assert r.exit_code == 1 and "expected one of bf16, fp16, fp8, w8a16, w4a16_awq" in r.output
+
+
+def test_plan_reads_precision_and_mapping_from_an_engine(tmp_path, fake_trtllm):  # noqa: F811
+    ckpt = write_checkpoint(tmp_path / "ckpt", "tiny", tp=2, quant_algo="W4A16_AWQ", kv_algo="INT8")
+    assert run("build", str(ckpt), str(tmp_path / "engine"), "--gpu", "l40s").exit_code == 0
+    d = json.loads(run("plan", str(tmp_path / "engine"), "--gpu", "l40s", "--json").output)
+    dep = d["deployment"]
+    assert (dep["precision"], dep["kv_cache"], dep["tp"]) == ("w4a16_awq", "int8", 2)
 
 
 def test_plan_rejects_unknown_gpu_and_fp8_on_sm80():

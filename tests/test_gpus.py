@@ -17,7 +17,7 @@ def test_catalogue_covers_the_required_gpus_and_short_names():
 
 
 def test_datasheet_numbers_match_reference_anchors():
-    expect = {  # REFERENCE.md s4: bandwidth TB/s, dense bf16 / fp8 TFLOPS
+    expect = {  # docs/REFERENCE.md, GPU datasheets: bandwidth TB/s, dense bf16 / fp8 TFLOPS
         "h100": (3.35, 989, 1979), "h200": (4.8, 989, 1979), "a100": (2.04, 312, None),
         "l40s": (0.864, 362, 733), "l4": (0.3, 121, 242),
     }
@@ -45,6 +45,13 @@ def test_inconsistent_fp8_flag_is_rejected():
         GpuSpec(key="x", name="X", aliases=(), nvml_names=("X",), memory_gib=8, memory_bandwidth_tb_s=1.0,
                 dense_tflops={"bf16": 10.0, "fp8": 20.0, "int8": 20.0}, compute_capability="8.0", fp8=True,
                 source="test")
+
+
+def test_every_weight_format_compute_dtype_must_have_a_rate():
+    assert gpus.COMPUTE_DTYPES == ("bf16", "fp8")  # WeightFormat.compute_dtype values
+    with pytest.raises(ConfigError, match="dense_tflops: missing fp8"):
+        GpuSpec(key="x", name="X", aliases=(), nvml_names=("X",), memory_gib=8, memory_bandwidth_tb_s=1.0,
+                dense_tflops={"bf16": 10.0, "int8": 20.0}, compute_capability="8.0", fp8=False, source="test")
 
 
 def test_unknown_gpu_lists_valid_names():

@@ -40,6 +40,16 @@ def test_kv_heads_are_duplicated_below_tp():
     assert Mapping(2, 1).kv_heads_per_rank(8) == 4
 
 
+def test_per_rank_linear_shapes_split_heads_and_intermediate():
+    cfg = preset("fathom-r1-14b")  # 40 heads, 8 KV heads of 128, intermediate 13824
+    assert Mapping(1, 1).linear_shapes(cfg) == [(7168, 5120), (5120, 5120), (13824, 5120), (13824, 5120),
+                                                (5120, 13824)]
+    assert Mapping(2, 1).qkv_rows(cfg) == (2560, 512)
+    assert Mapping(2, 1).linear_shapes(cfg) == [(3584, 5120), (5120, 2560), (6912, 5120), (6912, 5120),
+                                                (5120, 6912)]
+    assert Mapping(4, 1).qkv_rows(preset("tiny")) == (16, 16)  # 2 KV heads of 16 below tp 4: one per rank
+
+
 def test_mapping_block_has_world_tp_pp_and_round_trips():
     m = Mapping(2, 3)
     assert m.to_dict() == {"world_size": 6, "tp_size": 2, "pp_size": 3}

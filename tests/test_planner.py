@@ -2,10 +2,13 @@ import pytest
 
 from fathom.build.config import preset
 from fathom.build.errors import PlanError
+from fathom.build.precision import WeightFormat
+from fathom.engine.fit_options import options_that_fit, require_fit
 from fathom.engine.gpus import GIB, get_gpu
+from fathom.engine.plan_text import render_plan
 from fathom.engine.planner import (
-    ACTIVATION_SHARE, BANDWIDTH_EFFICIENCY, KV_CACHE_FRACTION, Deployment, activation_bytes, layers_per_stage,
-    options_that_fit, plan, render_plan, require_fit, stages, weight_bytes_total,
+    ACTIVATION_SHARE, BANDWIDTH_EFFICIENCY, ENGINE_PRECISIONS, KV_CACHE_FRACTION, Deployment, activation_bytes, plan,
+    stages, weight_bytes_total,
 )
 
 FATHOM = preset("fathom-r1-14b")
@@ -14,19 +17,22 @@ LAYER_LINEAR = 5120 * 7168 + 5120 * 5120 + 3 * 5120 * 13824  # qkv, dense, fc, g
 EMBEDDING_BYTES = 2 * V * H
 
 
+BF16, FP8, W8A16, W4A16_AWQ = WeightFormat.BF16, WeightFormat.FP8, WeightFormat.W8A16, WeightFormat.W4A16_AWQ
+
+
 def fathom_plan(gpu, precision="bf16", kv=None, **kw):
-    kv = kv or ("fp8" if precision == "fp8" else "bf16")
+    kv = kv or ("fp8" if precision == "fp8" else "model")
     return plan(FATHOM, get_gpu(gpu), Deployment(precision=precision, kv_cache=kv, **kw), model_name="fathom")
 
 
 def test_weight_bytes_reproduce_the_model_card():
     assert FATHOM.num_params() == 14_770_033_664
-    assert weight_bytes_total(FATHOM, "bf16") == 2 * FATHOM.num_params()
-    assert round(weight_bytes_total(FATHOM, "bf16") / 1e9, 1) == 29.5
-    assert round(weight_bytes_total(FATHOM, "fp8") / 1e9, 1) == 16.3  # lm_head and embeddings stay bf16
+    assert weight_bytes_total(FATHOM, BF16) == 2 * FATHOM.num_params()
+    assert round(weight_bytes_total(FATHOM, BF16) / 1e9, 1) == 29.5
+    assert round(weight_bytes_total(FATHOM, FP8) / 1e9, 1) == 16.3  # lm_head and embeddings stay bf16
     # fp8: one byte per linear weight, two float32 scales per linear, everything else bf16
     non_linear = FATHOM.num_params() - L * LAYER_LINEAR
-    assert weight_bytes_total(FATHOM, "fp8") == L * LAYER_LINEAR + L * 5 * 8 + 2 * non_linear
+    assert weight_bytes_total(FATHOM, FP8) == L * LAYER_LINEAR + L * 5 * 8 + 2 * non_linear
 
 
 def test_quantized_weight_bytes_include_their_scales():
@@ -34,9 +40,9 @@ def test_quantized_weight_bytes_include_their_scales():
     outs = [7168, 5120, 13824, 13824, 5120]
     ins = [5120, 5120, 5120, 5120, 13824]
     w8 = L * (LAYER_LINEAR + 2 * sum(outs))
-    assert weight_bytes_total(FATHOM, "w8a16") == w8 + non_linear_bytes
+    assert weight_bytes_total(FATHOM, W8A16) == w8 + non_linear_bytes
     awq = L * sum(o * i // 2 + 2 * (i // 128) * o + 2 * i for o, i in zip(outs, ins))
-    assert weight_bytes_total(FATHOM, "w4a16_awq") == awq + non_linear_bytes
+    assert weight_bytes_total(FATHOM, W4A16_AWQ) == awq + non_linear_bytes
 
 
 def test_kv_bytes_per_token_and_per_16k_sequence():
@@ -52,21 +58,21 @@ def test_kv_bytes_per_token_and_per_16k_sequence():
     ("a100", "bf16", 69), ("l40s", "bf16", 29), ("l40s", "fp8", 53), ("l4", "fp8", 18),
 ])
 def test_bandwidth_over_all_weight_bytes_matches_reference_anchors(gpu, precision, anchor):
-    # REFERENCE.md s4 divides by all weight bytes; the planner's decode ceiling excludes the
-    # embedding table (a gather reads one row), so it sits above these anchors by that share.
+    # The anchors (docs/REFERENCE.md, GPU datasheets) divide bandwidth by all weight bytes; the planner's
+    # decode ceiling excludes the embedding table (a gather reads one row), so it sits above them by that share.
     g = get_gpu(gpu)
-    assert g.bandwidth_bytes_s / weight_bytes_total(FATHOM, precision) == pytest.approx(anchor, abs=1)
+    assert g.bandwidth_bytes_s / weight_bytes_total(FATHOM, WeightFormat(precision)) == pytest.approx(anchor, abs=1)
 
 
 def test_decode_batch1_ceiling_is_bandwidth_over_streamed_weight_bytes():
     for precision in ("bf16", "fp8"):
         p = fathom_plan("h100", precision)
-        streamed = weight_bytes_total(FATHOM, precision) - EMBEDDING_BYTES
+        streamed = weight_bytes_total(FATHOM, WeightFormat(precision)) - EMBEDDING_BYTES
         assert p.decode_batch1.ceiling == pytest.approx(3.35e12 / streamed, rel=1e-9)
         assert p.decode_batch1.expected == pytest.approx(BANDWIDTH_EFFICIENCY * p.decode_batch1.ceiling, rel=1e-9)
     p = fathom_plan("h100", "bf16")
     assert p.decode_batch1_full_context.ceiling == pytest.approx(
-        3.35e12 / (weight_bytes_total(FATHOM, "bf16") - EMBEDDING_BYTES + 3 * GIB), rel=1e-9)
+        3.35e12 / (weight_bytes_total(FATHOM, BF16) - EMBEDDING_BYTES + 3 * GIB), rel=1e-9)
 
 
 def test_prefill_ceiling_is_compute_bound_flops_over_peak():
@@ -93,14 +99,14 @@ def test_max_num_tokens_is_the_largest_power_of_two_within_the_activation_share(
     assert fathom_plan("h100").deployment.max_num_tokens == 16384
     l4 = fathom_plan("l4", "fp8")
     assert l4.deployment.max_num_tokens == 8192
-    assert activation_bytes(FATHOM, 1, 16384, 0, False) > get_gpu("l4").memory_bytes * ACTIVATION_SHARE
+    assert activation_bytes(FATHOM, Deployment(), 16384, 0, False) > get_gpu("l4").memory_bytes * ACTIVATION_SHARE
     assert any("chunks" in n for n in l4.notes)
     assert fathom_plan("h100", max_num_tokens=4096).deployment.max_num_tokens == 4096
 
 
 def test_tensor_parallel_splits_linears_and_kv_but_replicates_the_embedding():
-    one = stages(FATHOM, "bf16", "bf16", 1, 1)[0]
-    two = stages(FATHOM, "bf16", "bf16", 2, 1)[0]
+    one = stages(FATHOM, Deployment(tp=1))[0]
+    two = stages(FATHOM, Deployment(tp=2))[0]
     assert two.kv_bytes_per_token == one.kv_bytes_per_token // 2
     assert two.embedding_bytes == one.embedding_bytes
     lm_head = 2 * V * H
@@ -110,13 +116,13 @@ def test_tensor_parallel_splits_linears_and_kv_but_replicates_the_embedding():
 
 def test_kv_heads_are_duplicated_when_tp_exceeds_them():
     cfg = preset("tiny-odd")  # one KV head
-    assert stages(cfg, "bf16", "bf16", 2, 1)[0].kv_bytes_per_token == stages(cfg, "bf16", "bf16", 1, 1)[0].kv_bytes_per_token
+    assert stages(cfg, Deployment(tp=2))[0].kv_bytes_per_token == stages(cfg, Deployment(tp=1))[0].kv_bytes_per_token
 
 
 def test_pipeline_stages_split_layers_like_tensor_split():
-    assert layers_per_stage(48, 2) == [24, 24]
-    assert layers_per_stage(5, 2) == [3, 2]
-    s = stages(FATHOM, "bf16", "bf16", 1, 2)
+    assert [s.layers for s in stages(FATHOM, Deployment(pp=2))] == [24, 24]
+    assert [s.layers for s in stages(preset("tiny-gqa5"), Deployment(pp=2))] == [2, 1]  # 3 layers
+    s = stages(FATHOM, Deployment(pp=2))
     assert s[0].embedding_bytes and not s[1].embedding_bytes
     assert s[0].kv_bytes_per_token == s[1].kv_bytes_per_token == 96 * 1024
 
@@ -153,12 +159,37 @@ def test_impossible_deployments_are_refused():
         fathom_plan("a100", "fp8")
     with pytest.raises(PlanError, match="sm80"):
         fathom_plan("a100", "bf16", kv="fp8")
-    with pytest.raises(PlanError, match="must divide num_attention_heads"):
+    with pytest.raises(PlanError, match=r"num_attention_heads \(40\) is not divisible by tp \(3\)"):
         fathom_plan("h100", tp=3)
-    with pytest.raises(PlanError, match="more pipeline stages than layers"):
+    with pytest.raises(PlanError, match=r"more pipeline stages \(49\) than layers \(48\)"):
         fathom_plan("h100", pp=49)
     with pytest.raises(PlanError, match="--precision 'int4'"):
         Deployment(precision="int4")
+    with pytest.raises(PlanError, match="--kv-cache 'bf16': expected one of model, fp8, int8"):
+        Deployment(kv_cache="bf16")
+
+
+def test_the_mapping_is_checked_as_the_converter_checks_it():
+    odd = preset("tiny-odd")  # 6 heads, 1 KV head, intermediate_size 100
+    with pytest.raises(PlanError, match=r"intermediate_size \(100\) is not divisible by tp \(6\)"):
+        plan(odd, get_gpu("h100"), Deployment(tp=6))
+    assert plan(odd, get_gpu("h100"), Deployment(tp=2)).fits
+
+
+def test_fp32_is_not_an_engine_precision():
+    assert [str(w) for w in ENGINE_PRECISIONS] == ["bf16", "fp16", "fp8", "w8a16", "w4a16_awq"]
+    with pytest.raises(PlanError) as e:
+        Deployment(precision=WeightFormat.FP32)
+    assert "not an engine precision" in str(e.value) and "fp32 tensor-core rate" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_fp16_is_sized_like_bf16():
+    bf16, fp16 = fathom_plan("h100", "bf16"), fathom_plan("h100", "fp16")
+    assert fp16.deployment.model_dtype == "float16"
+    assert (fp16.weights_total_bytes, fp16.kv_bytes_per_token_model, fp16.concurrent_sequences) == (
+        bf16.weights_total_bytes, bf16.kv_bytes_per_token_model, bf16.concurrent_sequences)
+    assert fp16.decode_batch1 == bf16.decode_batch1 and fp16.ttft_ms == bf16.ttft_ms
 
 
 def test_batch_override_beyond_capacity_is_kept_with_a_note():

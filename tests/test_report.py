@@ -67,8 +67,13 @@ def test_planner_ceiling_for_a_gpu_run_matches_the_reference_anchor():
     pytest.importorskip("fathom.engine.planner")
     config = {k: v for k, v in asdict(preset("fathom-r1-14b")).items() if k != "source"}
     roof = report.planner_roofline(config, H100["name"], "bf16", 1, 2048)
-    assert 100 < roof["decode_tok_per_s_by_batch"]["1"] < 130  # REFERENCE s4: ~113 tok/s bf16 on H100
+    # ~113 tok/s bf16 on H100 (docs/REFERENCE.md, GPU datasheets)
+    assert 100 < roof["decode_tok_per_s_by_batch"]["1"] < 130
+    assert (roof["precision"], roof["kv_cache"]) == ("bf16", "model")  # the KV cache word of an unquantized cache
+    fp8_kv = report.planner_roofline(config, H100["name"], "bf16", 1, 2048, kv_cache="fp8")
+    assert fp8_kv["kv_cache"] == "fp8"
     assert report.planner_roofline(config, "Some Unknown GPU", "bf16", 1, 2048) is None
+    assert report.planner_roofline(config, H100["name"], "fp32", 1, 2048) is None  # not an engine precision
     cpu_run = bench(device="cpu")
     cpu_run["model"]["config"] = config
     assert report.record_roofline(cpu_run) is None  # a CPU run is not held against the GPU's roofline

@@ -6,7 +6,8 @@ import shlex
 
 import click
 
-from fathom.engine.planner import KV_CACHE_DTYPES, PRECISIONS  # light: no tensorrt_llm, no torch
+from fathom.build.precision import KvCacheFormat, WeightFormat
+from fathom.engine.planner import ENGINE_PRECISIONS  # light: no tensorrt_llm, no torch
 
 from .common import emit_json, json_option
 
@@ -20,10 +21,11 @@ def _echo_lines(lines: list[str]) -> None:
 @click.argument("model")
 @click.option("--gpu", required=True, envvar="FATHOM_GPU",
               help="Target GPU: h100, h100-pcie, h200, a100, a100-40gb, l40s, l4, rtx4090, ... or auto (NVML).")
-@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
+@click.option("--precision", default=None, metavar="[" + "|".join(ENGINE_PRECISIONS) + "]",
               help="Weights precision [default: the checkpoint's, else bf16].")
-@click.option("--kv-cache", type=click.Choice(KV_CACHE_DTYPES), default=None,
-              help="KV cache dtype [default: the checkpoint's, else fp8 with --precision fp8, else bf16].")
+@click.option("--kv-cache", type=click.Choice([k.value for k in KvCacheFormat]), default=None,
+              help="KV cache format; model = the model dtype [default: the checkpoint's, else fp8 with "
+                   "--precision fp8, else model].")
 @click.option("--seq-len", type=int, default=16384, show_default=True, help="Tokens per sequence (prompt + output).")
 @click.option("--tp", type=int, default=None, help="Tensor-parallel size [default: the checkpoint's, else 1].")
 @click.option("--pp", type=int, default=None, help="Pipeline-parallel size [default: the checkpoint's, else 1].")
@@ -40,13 +42,16 @@ def plan_cmd(model, gpu, precision, kv_cache, seq_len, tp, pp, max_num_tokens, m
         fathom plan random:fathom-r1-14b --gpu h100 --precision fp8
         fathom plan ./ckpt --gpu l4 --json
     """
+    from fathom.engine.fit_options import options_that_fit, require_fit
     from fathom.engine.gpus import get_gpu
-    from fathom.engine.planner import Deployment, default_kv_cache, options_that_fit, plan, render_plan, require_fit
+    from fathom.engine.plan_text import render_plan
+    from fathom.engine.planner import Deployment, engine_precision, plan
     from fathom.engine.presets import describe_model
 
     target = describe_model(model)
-    precision = precision or target["precision"] or "bf16"
-    kv_cache = kv_cache or (target["kv_cache"] if target["precision"] == precision else None) or default_kv_cache(precision)
+    precision = engine_precision(precision or target["precision"] or WeightFormat.BF16)
+    kv_cache = (kv_cache or (target["kv_cache"] if target["precision"] is precision else None)
+                or KvCacheFormat.default_for(precision))
     dep = Deployment(precision=precision, kv_cache=kv_cache, seq_len=seq_len, tp=tp or target["tp"] or 1,
                      pp=pp or target["pp"] or 1, max_num_tokens=max_num_tokens, max_batch_size=max_batch_size)
     cfg = target["config"]
@@ -90,7 +95,7 @@ def build_cmd(ckpt, out, preset, gpu, max_seq_len, max_batch_size, max_input_len
     import time
 
     from fathom.engine.builder import build_engine, prepare_build
-    from fathom.engine.planner import render_plan
+    from fathom.engine.plan_text import render_plan
 
     spec = prepare_build(ckpt, preset=preset, gpu=gpu, max_seq_len=max_seq_len, max_batch_size=max_batch_size,
                          max_input_len=max_input_len, max_num_tokens=max_num_tokens)
@@ -106,7 +111,7 @@ def build_cmd(ckpt, out, preset, gpu, max_seq_len, max_batch_size, max_input_len
         return
 
     start = time.monotonic()
-    n = spec.checkpoint.world_size
+    n = spec.checkpoint.mapping.world_size
 
     def on_rank(rank: int, seconds: float) -> None:
         click.echo(f"rank {rank} of {n} built in {seconds:.1f} s", err=True)
