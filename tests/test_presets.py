@@ -135,9 +135,9 @@ def test_precision_is_read_from_the_quantization_enum(tmp_path):
     assert fp8 == (WeightFormat.FP8, KvCacheFormat.FP8)
     assert _formats(tmp_path, "awq", quant_algo="W4A16_AWQ", kv_cache_quant_algo="INT8") == (
         WeightFormat.W4A16_AWQ, KvCacheFormat.INT8)
-    with pytest.raises(ConfigError, match=r"config.json: field 'quantization.quant_algo' = 'NVFP4'"):
+    with pytest.raises(ConfigError, match=r"config.json: quantization: field 'quant_algo' = 'NVFP4'"):
         _formats(tmp_path, "nvfp4", quant_algo="NVFP4")
-    with pytest.raises(ConfigError, match=r"config.json: field 'quantization.kv_cache_quant_algo' = 'FP4'"):
+    with pytest.raises(ConfigError, match=r"config.json: quantization: field 'kv_cache_quant_algo' = 'FP4'"):
         _formats(tmp_path, "kvfp4", kv_cache_quant_algo="FP4")
 
 
