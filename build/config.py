@@ -15,6 +15,9 @@ from .errors import ConfigError
 from .precision import DTYPES
 
 ARCHITECTURE = "Qwen2ForCausalLM"
+# Fathom-R1-14B is trained and evaluated within 16,384 tokens (docs/REFERENCE.md, Model): every
+# sequence-length default (checkpoint seq_length, executors, planner, presets) is this one.
+DEFAULT_MAX_SEQ_LEN = 16384
 
 
 @dataclass(frozen=True)

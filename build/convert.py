@@ -21,7 +21,7 @@ import torch
 
 from .atomic import atomic_output_dir
 from .checkpoint import trtllm_config, write_config
-from .config import ModelConfig
+from .config import DEFAULT_MAX_SEQ_LEN, ModelConfig
 from .errors import WeightsError
 from .layout import RankPlan, TensorSpec, plan_ranks
 from .manifest import build_manifest, file_records, write_manifest
@@ -47,7 +47,7 @@ class ConvertOptions:
     dtype: str = "auto"
     tp: int = 1
     pp: int = 1
-    max_seq_len: int = 16384
+    max_seq_len: int = DEFAULT_MAX_SEQ_LEN
     force: bool = False
     progress: bool = False
 

@@ -8,13 +8,6 @@ from __future__ import annotations
 
 from .config import ModelConfig
 
-# Global tensors: TRT-LLM name -> HF name.
-GLOBAL_MAP = {
-    "transformer.vocab_embedding.weight": "model.embed_tokens.weight",
-    "transformer.ln_f.weight": "model.norm.weight",
-    "lm_head.weight": "lm_head.weight",
-}
-
 # Per-layer tensors ({} = layer index): TRT-LLM name -> HF name.
 LAYER_MAP = {
     "transformer.layers.{}.input_layernorm.weight": "model.layers.{}.input_layernorm.weight",

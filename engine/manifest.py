@@ -7,13 +7,13 @@ records both, so the runtime can refuse with one line before it tries.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from datetime import datetime, timezone
 from pathlib import Path
 
 from fathom.build.config import read_json
 from fathom.build.errors import CheckpointError, PlanError
+from fathom.build.manifest import sha256_file
 
 from .gpus import get_gpu, gpu_from_nvml_name
 
@@ -24,14 +24,6 @@ CHECKPOINT_MANIFEST = "fathom.json"  # written by fathom convert
 
 class EngineCompatError(CheckpointError):
     """An engine was built for another tensorrt_llm version or GPU model than the one at hand."""
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def engine_manifest(spec, trtllm_version: str, tensorrt_version: str | None, build_gpu_name: str | None) -> dict:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, replace
 
-from fathom.build.config import ModelConfig
+from fathom.build.config import DEFAULT_MAX_SEQ_LEN, ModelConfig
 from fathom.build.errors import ConfigError, PlanError
 from fathom.build.mapping import Mapping
 from fathom.build.precision import DTYPE_BYTES, KvCacheFormat, WeightFormat
@@ -75,7 +75,7 @@ class Deployment:
 
     precision: WeightFormat = WeightFormat.BF16
     kv_cache: KvCacheFormat = KvCacheFormat.MODEL
-    seq_len: int = 16384
+    seq_len: int = DEFAULT_MAX_SEQ_LEN
     tp: int = 1
     pp: int = 1
     max_num_tokens: int | None = None  # None: the planner picks

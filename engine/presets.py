@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fathom.build.config import preset
+from fathom.build.config import DEFAULT_MAX_SEQ_LEN, preset
 from fathom.build.errors import CheckpointError, ConfigError, PlanError
 from fathom.build.precision import KvCacheFormat, QuantAlgo, WeightFormat
 
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from fathom.build.checkpoint import CheckpointInfo
 
 PRESET_MODEL = "fathom-r1-14b"
-PRESET_SEQ_LEN = 16384
+PRESET_SEQ_LEN = DEFAULT_MAX_SEQ_LEN
 TOKENS_PER_BLOCK = 32  # PluginConfig.tokens_per_block default
 TP_CHOICES = (1, 2, 4, 8)
 GENERATED_BY = "python profiles/make_presets.py (from fathom.engine.planner; regenerate, do not edit by hand)"

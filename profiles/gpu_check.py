@@ -28,6 +28,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from fathom.build.config import DEFAULT_MAX_SEQ_LEN
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -79,7 +81,7 @@ def load_bf16(plan: Plan):
     from fathom.runtime.loader import load_model
 
     source = resolve_model(plan.model)  # RandomWeights are generated on plan.device: no host copy
-    return source, load_model(source, plan.dtype, plan.device, max_seq_len=16384)
+    return source, load_model(source, plan.dtype, plan.device, max_seq_len=DEFAULT_MAX_SEQ_LEN)
 
 
 def load_fp8(plan: Plan, source):
@@ -108,14 +110,14 @@ def load_fp8(plan: Plan, source):
         del weight
     for i in range(cfg.num_hidden_layers):
         tensors[f"transformer.layers.{i}.attention.kv_cache_scaling_factor"] = kv_cache_scale(1.0, 1.0, QuantAlgo.FP8)
-    model = load_quantized_model(cfg, tensors, qcfg, torch_dtype(plan.dtype), plan.device, 16384)
+    model = load_quantized_model(cfg, tensors, qcfg, torch_dtype(plan.dtype), plan.device, DEFAULT_MAX_SEQ_LEN)
     return model, describe_quantization(model, qcfg)
 
 
 def open_executor(model, plan: Plan):
     from fathom.runtime.torch_executor import TorchExecutor, executor_config
 
-    return TorchExecutor(model, eos_ids=[], max_seq_len=16384,
+    return TorchExecutor(model, eos_ids=[], max_seq_len=DEFAULT_MAX_SEQ_LEN,
                          config=executor_config(max_num_tokens=plan.max_num_tokens, max_num_seqs=max(plan.batches)))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fathom.build.config import DEFAULT_MAX_SEQ_LEN
 from fathom.build.errors import FathomError
 from fathom.build.sources import ModelSource
 
@@ -42,7 +43,7 @@ def set_cpu_threads(threads: int | None, source: ModelSource, dtype: str) -> int
 
 
 def create_executor(name: str, source: ModelSource, dtype: str = "float32", device: str | None = None,
-                    max_seq_len: int = 16384, eos_ids: list[int] | None = None, threads: int | None = None,
+                    max_seq_len: int = DEFAULT_MAX_SEQ_LEN, eos_ids: list[int] | None = None, threads: int | None = None,
                     **torch_options):
     """Open `name` on `source`. `auto` picks trtllm for an engine directory and torch otherwise.
 

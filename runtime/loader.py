@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from fathom.build.config import DEFAULT_MAX_SEQ_LEN
 from fathom.build.errors import ConfigError
 from fathom.build.sources import ModelSource
 from fathom.build.weight_map import IGNORED_HF_SUFFIXES, hf_shapes, trtllm_sources
@@ -39,7 +40,7 @@ def native_tensors_from_hf(source: ModelSource, device: str = "cpu") -> dict[str
 
 
 def load_model(source: ModelSource, dtype: str = "float32", device: str | None = None,
-               max_seq_len: int = 16384) -> Qwen2Model:
+               max_seq_len: int = DEFAULT_MAX_SEQ_LEN) -> Qwen2Model:
     device = device or default_device()
     if source.kind in ("hf", "random"):
         tensors = native_tensors_from_hf(source, device=device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fathom.build.config import DEFAULT_MAX_SEQ_LEN
 from fathom.build.precision import DTYPE_BYTES
 from fathom.build.sources import resolve_model
 
@@ -19,8 +20,8 @@ def model_info(spec: str) -> dict:
         "parameters_b": round(params / 1e9, 3),
         "weight_bytes": {d: params * DTYPE_BYTES[d] for d in ("float32", "bfloat16")},
         "kv_bytes_per_token": {"bfloat16": cfg.kv_bytes_per_token(2), "fp8": cfg.kv_bytes_per_token(1)},
-        "kv_bytes_per_16k_sequence": {"bfloat16": cfg.kv_bytes_per_token(2) * 16384,
-                                      "fp8": cfg.kv_bytes_per_token(1) * 16384},
+        "kv_bytes_per_16k_sequence": {"bfloat16": cfg.kv_bytes_per_token(2) * DEFAULT_MAX_SEQ_LEN,
+                                      "fp8": cfg.kv_bytes_per_token(1) * DEFAULT_MAX_SEQ_LEN},
         "tokenizer": str(source.tokenizer_dir) if source.tokenizer_dir else None,
     }
     if source.kind in ("checkpoint", "engine"):

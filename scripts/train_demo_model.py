@@ -19,7 +19,6 @@ descheduled thread), never change the result.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -31,7 +30,8 @@ from pathlib import Path
 import torch
 
 from fathom.build.atomic import atomic_output_dir
-from fathom.build.config import ModelConfig, preset
+from fathom.build.config import DEFAULT_MAX_SEQ_LEN, ModelConfig, preset
+from fathom.build.manifest import sha256_file
 from fathom.build.sources import DEMO_DIR
 from fathom.runtime import arith
 
@@ -245,7 +245,7 @@ def heldout_accuracy(model_dir: Path, n: int, seed: int, max_new_tokens: int = 9
     from fathom.runtime.task_eval import answer_problems
 
     source = resolve_model(str(model_dir))  # an HF dir, loaded exactly as `resolve_model("demo")` loads the shipped one
-    executor = ReferenceExecutor(load_model(source, "float32", "cpu", 16384))
+    executor = ReferenceExecutor(load_model(source, "float32", "cpu", DEFAULT_MAX_SEQ_LEN))
     problems = arith.make_problems(n, seed, "heldout")
     result = answer_problems(executor, load_tokenizer(model_dir), problems, max_new_tokens, batch_size)
     failures = [{"question": p.question, "answer": p.answer, "output": c.text}
@@ -279,10 +279,6 @@ def _repo_relative(path: Path) -> str:
         return str(path.resolve().relative_to(REPO))
     except ValueError:
         return str(path.resolve())
-
-
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def write_readme(out: Path, cfg: ModelConfig, tc: TrainConfig, record: dict) -> None:

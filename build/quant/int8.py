@@ -44,7 +44,3 @@ def dequantize_per_channel_int8(q: torch.Tensor, scale: torch.Tensor,
                                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
     return (q.float() * scale.float()[:, None]).to(dtype)
 
-
-def w8a16_checkpoint_tensors(weight: torch.Tensor, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """What a W8A16 checkpoint stores for one linear: the weight in the model dtype (see above)."""
-    return {"weight": weight.to(dtype)}

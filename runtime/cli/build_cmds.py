@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from fathom.build.config import DEFAULT_MAX_SEQ_LEN
 from fathom.build.precision import DTYPES, KvCacheFormat, WeightFormat
 
 from .common import emit_json, json_option
@@ -29,7 +30,7 @@ def _layers(r: dict) -> str:
                    "dtype, useful for exact comparisons.")
 @click.option("--tp", type=int, default=1, show_default=True, help="Tensor-parallel size.")
 @click.option("--pp", type=int, default=1, show_default=True, help="Pipeline-parallel size.")
-@click.option("--max-seq-len", type=int, default=16384, show_default=True,
+@click.option("--max-seq-len", type=int, default=DEFAULT_MAX_SEQ_LEN, show_default=True,
               help="Written as seq_length in config.json.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--precision", type=click.Choice([f.value for f in WeightFormat]), default=None,

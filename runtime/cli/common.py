@@ -7,6 +7,8 @@ import sys
 
 import click
 
+from fathom.build.config import DEFAULT_MAX_SEQ_LEN
+
 
 def emit_json(obj) -> None:
     click.echo(json.dumps(obj, indent=2, default=str))
@@ -33,7 +35,7 @@ def runtime_options(f):
                      help="Tokenizer directory when MODEL has none."),
         click.option("--threads", type=click.IntRange(1), default=None, envvar="FATHOM_THREADS",
                      help="CPU threads (default: 1 for small models, where more threads only add overhead)."),
-        click.option("--max-seq-len", type=click.IntRange(16), default=16384, show_default=True,
+        click.option("--max-seq-len", type=click.IntRange(16), default=DEFAULT_MAX_SEQ_LEN, show_default=True,
                      help="KV cache capacity per sequence (prompt + output)."),
     ]
     for option in reversed(options):

@@ -6,6 +6,7 @@ import shlex
 
 import click
 
+from fathom.build.config import DEFAULT_MAX_SEQ_LEN
 from fathom.build.precision import KvCacheFormat, WeightFormat
 from fathom.engine.planner import ENGINE_PRECISIONS  # light: no tensorrt_llm, no torch
 
@@ -26,7 +27,7 @@ def _echo_lines(lines: list[str]) -> None:
 @click.option("--kv-cache", type=click.Choice([k.value for k in KvCacheFormat]), default=None,
               help="KV cache format; model = the model dtype [default: the checkpoint's, else fp8 with "
                    "--precision fp8, else model].")
-@click.option("--seq-len", type=int, default=16384, show_default=True, help="Tokens per sequence (prompt + output).")
+@click.option("--seq-len", type=int, default=DEFAULT_MAX_SEQ_LEN, show_default=True, help="Tokens per sequence (prompt + output).")
 @click.option("--tp", type=int, default=None, help="Tensor-parallel size [default: the checkpoint's, else 1].")
 @click.option("--pp", type=int, default=None, help="Pipeline-parallel size [default: the checkpoint's, else 1].")
 @click.option("--max-num-tokens", type=int, default=None, help="Tokens per engine step [default: planned].")
@@ -73,7 +74,7 @@ def plan_cmd(model, gpu, precision, kv_cache, seq_len, tp, pp, max_num_tokens, m
 @click.option("--preset", default=None, help="A preset from profiles/presets (e.g. h100-sxm-fp8).")
 @click.option("--gpu", default=None, envvar="FATHOM_GPU",
               help="Target GPU to size for when no preset is given (auto = this machine's).")
-@click.option("--max-seq-len", type=int, default=None, help="Override max_seq_len [preset: 16384].")
+@click.option("--max-seq-len", type=int, default=None, help=f"Override max_seq_len [preset: {DEFAULT_MAX_SEQ_LEN}].")
 @click.option("--max-batch-size", type=int, default=None, help="Override max_batch_size.")
 @click.option("--max-input-len", type=int, default=None, help="Override max_input_len [preset: max_seq_len].")
 @click.option("--max-num-tokens", type=int, default=None, help="Override max_num_tokens.")
