@@ -82,7 +82,7 @@ def overhead_case(name: str, hf_dir: Path, batch: int, repeats: int) -> dict:
 
     source = resolve_model(str(hf_dir))
     ours = create_executor("torch", source, dtype="float32", device="cpu", max_seq_len=1024, eos_ids=[])
-    # The static-batch reference executor (issue 2's baseline), on its own copy of the weights.
+    # The static-batch reference executor, on its own copy of the weights.
     reference = create_executor("reference", source, dtype="float32", device="cpu", max_seq_len=1024, eos_ids=[])
     hf = Qwen2ForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
     prompts = prompts_for(source.config.vocab_size, batch, PROMPT_TOKENS)
