@@ -88,12 +88,12 @@ def load_fp8(plan: Plan, source):
     """FP8 weights (per-tensor scales, fc/gate sharing one) + FP8 KV, built on the device from random bf16."""
     import torch
 
-    from fathom.build.quant.config import QuantAlgo, linear_modules, make_quant_config
+    from fathom.build.precision import QuantAlgo, torch_dtype
+    from fathom.build.quant.config import linear_modules, make_quant_config
     from fathom.build.quant.fp8 import amax, quantize_linear_fp8
     from fathom.build.quant.kv_cache import kv_cache_scale
-    from fathom.build.precision import torch_dtype
     from fathom.runtime.loader import native_tensors_from_hf
-    from fathom.runtime.quant_linear import describe_quantization, load_quantized_model
+    from fathom.runtime.quant_linear import load_quantized_model
 
     cfg = source.config
     qcfg = make_quant_config(cfg, "fp8", kv_cache="fp8")
@@ -111,7 +111,7 @@ def load_fp8(plan: Plan, source):
     for i in range(cfg.num_hidden_layers):
         tensors[f"transformer.layers.{i}.attention.kv_cache_scaling_factor"] = kv_cache_scale(1.0, 1.0, QuantAlgo.FP8)
     model = load_quantized_model(cfg, tensors, qcfg, torch_dtype(plan.dtype), plan.device, DEFAULT_MAX_SEQ_LEN)
-    return model, describe_quantization(model, qcfg)
+    return model, model.quant_info
 
 
 def open_executor(model, plan: Plan):
@@ -137,9 +137,9 @@ def decode_case(ex, plan: Plan, batch: int, context: int, weight_bytes: int, cop
     for i in range(batch):
         ids = [rng.randrange(ex.config.vocab_size) for _ in range(context)]
         ex.submit(Request(f"d{batch}-{context}-{i}", ids, SamplingParams(max_new_tokens=plan.steps + 2, ignore_eos=True)))
-    ex._admit()
-    for s in ex.running:  # prime: blocks for the context, as if it had been prefilled
-        ex._reserve(s, context, [], [])
+    ex.scheduler.admit()
+    for s in ex.scheduler.running:  # prime: blocks for the context, as if it had been prefilled
+        ex.scheduler.reserve(s, context, [], [])
         s.num_computed = context - 1
     t = time.perf_counter()
     ex.step()  # first step at this shape: captures its CUDA graph

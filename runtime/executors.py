@@ -49,7 +49,7 @@ def create_executor(name: str, source: ModelSource, dtype: str = "float32", devi
 
     `threads`: CPU intra-op threads (None = auto, see set_cpu_threads).
     `torch_options` go to the torch executor (see torch_executor.executor_config: max_num_tokens,
-    max_num_seqs, block_size, kv_dtype, kv_scales, prefix_reuse, gpu_memory_fraction, ...).
+    max_num_seqs, block_size, kv_format, kv_scales, prefix_reuse, gpu_memory_fraction, ...).
     """
     name = resolve_executor_name(name, source)
     if name == "trtllm":

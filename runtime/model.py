@@ -3,34 +3,87 @@
 Parameter names are the TensorRT-LLM checkpoint names (`transformer.layers.{i}.attention.qkv.weight`,
 ...), so a fathom checkpoint loads with `load_state_dict` and an HF directory goes through the
 same table as `fathom convert` (build/weight_map.py). The KV cache and masking live outside the
-model: `forward` receives an attention backend (`Attention`) that stores k/v and attends, so the
-same weights serve the reference static cache and the paged continuous-batching executor.
+model: every forward receives an attention backend (`Attention`) that stores K/V and attends, so the
+same weights serve the reference static cache, passes without a cache (`CausalAttention`: quality,
+calibration) and the paged continuous-batching executor.
+
+One decoder-layer computation (`decoder_layer`) serves both entry points: `forward` (B rows of T
+tokens) and `forward_packed` (one packed row of N tokens from many sequences, the executor's hot
+path). It reads `ModelWeights`, looked up once: norm weights, and each linear as a plain callable,
+`F.linear` bound to an `nn.Linear`'s tensors (a module call costs ~2 us on a CPU, and a small model
+makes dozens per token) or a quantized module's forward (fathom.runtime.quant_linear). Inference
+only: RoPE is applied in place, so run it under torch.inference_mode() or torch.no_grad().
+
+Quantization is explicit state, fixed when the model is built: quantized linears are modules of
+their own (`from_tensors(modules=...)`), the checkpoint's KV cache format and scales are `kv_quant`
+(the executors hand it to the object that stores K/V), `quant_info` describes the kernels in use.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from functools import partial
+from typing import TYPE_CHECKING, Callable, NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fathom.build.config import ModelConfig
+from fathom.build.config import DEFAULT_MAX_SEQ_LEN, ModelConfig
+
+if TYPE_CHECKING:
+    from fathom.build.quant.kv_cache import KVAmax, KVCacheQuant
+
+Linear = Callable[[torch.Tensor], torch.Tensor]
+LinearObserver = Callable[[str, torch.Tensor], None]  # (module name, its input)
 
 
 class Attention(Protocol):
-    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """q (B, Hq, T, D), k/v (B, Hkv, T, D) of the new tokens -> attention output (B, Hq, T, D)."""
-
-
-class PackedAttention(Protocol):
     def attend(self, layer: int, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
-        """Token-major: q (N, Hq, D), kv (N, 2, Hkv, D) (K then V) of the new tokens -> output (N, Hq, D)."""
+        """q (*tokens, Hq, D), kv (*tokens, 2, Hkv, D) (K after RoPE, then V) of the new tokens ->
+        output (*tokens, Hq, D). `tokens` is (B, T) in `Qwen2Model.forward`, (N,) in `forward_packed`."""
+
+
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """F.scaled_dot_product_attention of q (B, Hq, T, D) over k/v (B, Hkv, L, D), each KV head shared
+    by Hq / Hkv query heads; causal when `mask` is None."""
+    gqa = q.shape[1] != k.shape[1]
+    if gqa and q.is_cuda:
+        # CUDA's fused kernels want equal head counts; with enable_gqa a masked call could fall back to
+        # the math kernel and its (Hq, T, L) score matrix (GBs at 16K).
+        group = q.shape[1] // k.shape[1]
+        k, v, gqa = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1), False
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=gqa)
+
+
+def causal_attention(q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+    """Rows attending to themselves with no cache: q (B, T, Hq, D), kv (B, T, 2, Hkv, D) -> (B, T, Hq, D),
+    token t seeing tokens 0..t."""
+    k, v = kv.unbind(2)
+    return sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+
+
+class CausalAttention:
+    """Attention backend for whole sequences without a cache (`causal_attention`).
+
+    `kv_quant`: K/V are rounded to that cache format first, as a cache in it would return them
+    (pass the model's `kv_quant`). `observer` (fathom.build.quant.kv_cache.KVAmax) sees K/V as a
+    cache would store them (calibration).
+    """
+
+    def __init__(self, kv_quant: KVCacheQuant | None = None, observer: KVAmax | None = None):
+        self.kv_quant, self.observer = kv_quant, observer
+
+    def attend(self, layer: int, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        if self.kv_quant is not None:
+            kv = self.kv_quant.round(layer, kv)
+        if self.observer is not None:
+            self.observer.observe(layer, kv)
+        return causal_attention(q, kv)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
     """HF Qwen2RMSNorm's op order: normalize in float32, scale in the model dtype. `eps` may be a
-    0-d float32 tensor (the packed path: adding a Python float wraps it in a tensor every call)."""
+    0-d float32 tensor (adding a Python float wraps it in a tensor every call)."""
     if x.dtype == torch.float32:
         return x * torch.rsqrt((x * x).mean(-1, keepdim=True) + eps) * weight  # x * x == x.pow(2), bit for bit
     h = x.float()
@@ -38,14 +91,9 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float | torch.Tensor) -
     return weight * h.to(x.dtype)
 
 
-class RMSNorm(nn.Module):
-    def __init__(self, size: int, eps: float):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(size))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm(x, self.weight, self.eps)
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """x * cos + rotate_half(x) * sin, bit for bit (see RotaryEmbedding); `out` may be x itself."""
+    return torch.add(x * cos, x.roll(x.shape[-1] // 2, dims=-1) * sin_signed, out=out)
 
 
 class RotaryEmbedding(nn.Module):
@@ -61,44 +109,28 @@ class RotaryEmbedding(nn.Module):
         freqs = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq)  # (S, D/2)
         emb = torch.cat((freqs, freqs), dim=-1)  # (S, D)
         sin_signed = torch.cat((-freqs.sin(), freqs.sin()), dim=-1)  # (S, D)
-        # cos and sin side by side: the packed path fetches both with one index_select.
+        # cos and sin side by side: one index_select fetches both.
         self.register_buffer("cos_sin", torch.stack((emb.cos(), sin_signed), dim=1)[:, :, None], persistent=False)  # (S, 2, 1, D)
 
     def table(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions (B, T) -> cos, sin_signed (B, 1, T, D); (N,) -> (N, 1, D). Once per forward."""
-        if positions.dim() == 1:
-            return self.cos_sin.index_select(0, positions).to(dtype).unbind(1)
-        cs = self.cos_sin[positions].to(dtype)  # (B, T, 2, 1, D)
-        return cs[:, :, 0].transpose(1, 2), cs[:, :, 1].transpose(1, 2)
-
-    def forward(self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor):
-        cos, sin = self.table(positions, q.dtype)
-        return apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        """positions (*tokens) -> cos, sin_signed (*tokens, 1, D), broadcasting over heads. Once per forward."""
+        cs = self.cos_sin.index_select(0, positions.reshape(-1)).view(*positions.shape, *self.cos_sin.shape[1:])
+        return cs.to(dtype).unbind(-3)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """x * cos + rotate_half(x) * sin, bit for bit (see RotaryEmbedding); `out` may be x itself."""
-    return torch.add(x * cos, x.roll(x.shape[-1] // 2, dims=-1) * sin_signed, out=out)
+class RMSNorm(nn.Module):
+    """The weight of one `rms_norm`."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
 
 
 class QwenAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.cfg = cfg
         self.qkv = nn.Linear(cfg.hidden_size, cfg.q_size + 2 * cfg.kv_size, bias=True)
         self.dense = nn.Linear(cfg.q_size, cfg.hidden_size, bias=False)
-
-    def forward(self, x, cos, sin, attn: Attention, layer: int):
-        cfg = self.cfg
-        B, T, _ = x.shape
-        Hq, Hkv, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        qkv = self.qkv(x)  # (B, T, q + 2 kv)
-        # RoPE on q and k heads together (the same elementwise ops, half the op count).
-        qk = qkv[..., :cfg.q_size + cfg.kv_size].view(B, T, Hq + Hkv, D).transpose(1, 2)  # (B, Hq+Hkv, T, D)
-        q, k = apply_rope(qk, cos, sin).split([Hq, Hkv], dim=1)  # (B, Hq, T, D), (B, Hkv, T, D)
-        v = qkv[..., cfg.q_size + cfg.kv_size:].view(B, T, Hkv, D).transpose(1, 2)  # (B, Hkv, T, D)
-        out = attn(layer, q, k, v)  # (B, Hq, T, D)
-        return self.dense(out.transpose(1, 2).reshape(B, T, cfg.q_size))
 
 
 class QwenMLP(nn.Module):
@@ -109,21 +141,16 @@ class QwenMLP(nn.Module):
         self.gate = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
-    def forward(self, x):
-        return self.proj(F.silu(self.fc(x)) * self.gate(x))
-
 
 class DecoderLayer(nn.Module):
+    """The parameters of one layer; `decoder_layer` computes it."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.input_layernorm = RMSNorm(cfg.hidden_size)
         self.attention = QwenAttention(cfg)
-        self.post_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_layernorm = RMSNorm(cfg.hidden_size)
         self.mlp = QwenMLP(cfg)
-
-    def forward(self, x, cos, sin, attn, layer):
-        x = x + self.attention(self.input_layernorm(x), cos, sin, attn, layer)
-        return x + self.mlp(self.post_layernorm(x))
 
 
 class Transformer(nn.Module):
@@ -131,86 +158,128 @@ class Transformer(nn.Module):
         super().__init__()
         self.vocab_embedding = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
-        self.ln_f = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.ln_f = RMSNorm(cfg.hidden_size)
+
+
+class LayerWeights(NamedTuple):
+    input_norm: torch.Tensor
+    qkv: Linear
+    dense: Linear
+    post_norm: torch.Tensor
+    fc: Linear
+    gate: Linear
+    proj: Linear
+
+
+class ModelWeights(NamedTuple):
+    layers: tuple[LayerWeights, ...]
+    embedding: torch.Tensor
+    final_norm: torch.Tensor
+    lm_head: Linear
+    eps: torch.Tensor  # rms_norm_eps, 0-d float32 on the model's device
+
+
+def as_linear(module: nn.Module) -> Linear:
+    """`module` as a plain callable: an nn.Linear's tensors bound to F.linear, else its forward."""
+    if type(module) is nn.Linear:
+        return partial(F.linear, weight=module.weight, bias=module.bias)
+    return module.forward
+
+
+def _observed(linear: Linear, name: str, observer: LinearObserver) -> Linear:
+    def call(x: torch.Tensor) -> torch.Tensor:
+        observer(name, x)
+        return linear(x)
+    return call
+
+
+def decoder_layer(cfg: ModelConfig, w: LayerWeights, layer: int, x: torch.Tensor, cos: torch.Tensor,
+                  sin: torch.Tensor, attn: Attention, eps: torch.Tensor) -> torch.Tensor:
+    """One decoder layer on x (*tokens, H), cos/sin (*tokens, 1, D) -> (*tokens, H)."""
+    tokens = x.shape[:-1]
+    Hq, Hkv, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    qkv = w.qkv(rms_norm(x, w.input_norm, eps))  # (*tokens, q + 2 kv)
+    qk = qkv[..., :cfg.q_size + cfg.kv_size].view(*tokens, Hq + Hkv, D)
+    apply_rope(qk, cos, sin, out=qk)  # RoPE on q and k heads together, in place: K lands next to V
+    q = qkv[..., :cfg.q_size].view(*tokens, Hq, D)
+    kv = qkv[..., cfg.q_size:].view(*tokens, 2, Hkv, D)
+    x = x + w.dense(attn.attend(layer, q, kv).flatten(-2))
+    h = rms_norm(x, w.post_norm, eps)
+    return x + w.proj(F.silu(w.fc(h)) * w.gate(h))
 
 
 class Qwen2Model(nn.Module):
-    def __init__(self, cfg: ModelConfig, max_seq_len: int = 16384):
+    def __init__(self, cfg: ModelConfig, max_seq_len: int = DEFAULT_MAX_SEQ_LEN, kv_quant: KVCacheQuant | None = None,
+                 quant_info: dict | None = None):
+        """`kv_quant`: the checkpoint's KV cache format and per-layer scales (None: the model dtype).
+        `quant_info`: what runs where for a quantized checkpoint (fathom.runtime.quant_linear.describe_quantization)."""
         super().__init__()
+        if kv_quant is not None:
+            kv_quant.check_layers(cfg.num_hidden_layers)
         self.cfg = cfg
         self.max_seq_len = max_seq_len
+        self.kv_quant = kv_quant
+        self.quant_info = quant_info
         self.transformer = Transformer(cfg)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.rope_theta, max_seq_len)
 
+    def weights(self, observer: LinearObserver | None = None) -> ModelWeights:
+        """The tensors and linears a forward reads, looked up once (nn.Module attribute access is
+        slow; pass them as `weights` to skip even this). With `observer`, each linear first hands it
+        its module name and input."""
+        def linear(module: nn.Module, name: str) -> Linear:
+            fn = as_linear(module)
+            return fn if observer is None else _observed(fn, name, observer)
+
+        t = self.transformer
+        layers = []
+        for i, l in enumerate(t.layers):
+            p = f"transformer.layers.{i}"
+            layers.append(LayerWeights(
+                l.input_layernorm.weight, linear(l.attention.qkv, f"{p}.attention.qkv"),
+                linear(l.attention.dense, f"{p}.attention.dense"), l.post_layernorm.weight,
+                linear(l.mlp.fc, f"{p}.mlp.fc"), linear(l.mlp.gate, f"{p}.mlp.gate"),
+                linear(l.mlp.proj, f"{p}.mlp.proj")))
+        eps = torch.tensor(self.cfg.rms_norm_eps, dtype=torch.float32, device=self.device)
+        return ModelWeights(tuple(layers), t.vocab_embedding.weight, t.ln_f.weight, linear(self.lm_head, "lm_head"),
+                            eps)
+
+    def _hidden(self, input_ids: torch.Tensor, positions: torch.Tensor, attn: Attention,
+                w: ModelWeights) -> torch.Tensor:
+        x = F.embedding(input_ids, w.embedding)  # (*tokens, H)
+        cos, sin = self.rope.table(positions, x.dtype)  # (*tokens, 1, D) each
+        for i, layer in enumerate(w.layers):
+            x = decoder_layer(self.cfg, layer, i, x, cos, sin, attn, w.eps)
+        return x
+
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn: Attention,
-                logits_index: torch.Tensor | None = None) -> torch.Tensor:
+                logits_index: torch.Tensor | None = None, weights: ModelWeights | None = None) -> torch.Tensor:
         """input_ids/positions (B, T) -> logits (B, T, V) in float32.
 
         `logits_index` (B,) selects one position per row before lm_head (the last prompt token in
         prefill), returning (B, 1, V): prefill then skips the lm_head matmul for every other token.
-        A (B, K) `logits_index` selects K positions per row, returning (B, K, V) (the continuous-
-        batching executor packs many sequences into one row).
+        A (B, K) `logits_index` selects K positions per row, returning (B, K, V).
         """
-        x = self.transformer.vocab_embedding(input_ids)  # (B, T, H)
-        cos, sin = self.rope.table(positions, x.dtype)  # (B, 1, T, D) each
-        for i, layer in enumerate(self.transformer.layers):
-            x = layer(x, cos, sin, attn, i)
+        w = self.weights() if weights is None else weights
+        x = self._hidden(input_ids, positions, attn, w)  # (B, T, H)
         if logits_index is not None:
             index = logits_index if logits_index.dim() == 2 else logits_index[:, None]  # (B, K)
             x = x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))  # (B, K, H)
-        return self.lm_head(self.transformer.ln_f(x)).float()
+        return w.lm_head(rms_norm(x, w.final_norm, w.eps)).float()
 
-    def packed_ok(self) -> bool:
-        """True when every module is a plain one without hooks, so `forward_packed` computes exactly
-        what `forward` would (quantized linears or calibration hooks need the module path)."""
-        plain = (Qwen2Model, Transformer, nn.ModuleList, nn.Embedding, DecoderLayer, RMSNorm, QwenAttention,
-                 QwenMLP, nn.Linear, RotaryEmbedding)
-        from torch.nn.modules import module as mod
-
-        if mod._global_forward_hooks or mod._global_forward_pre_hooks:
-            return False
-        return all(type(m) in plain and not m._forward_hooks and not m._forward_pre_hooks for m in self.modules())
-
-    def packed_weights(self) -> list[tuple[torch.Tensor, ...]]:
-        """The tensors `forward_packed` reads, looked up once (nn.Module attribute access is slow):
-        per layer (input norm, qkv w, qkv b, dense, post norm, fc, gate, proj), then the head."""
-        t = self.transformer
-        layers = [(l.input_layernorm.weight, l.attention.qkv.weight, l.attention.qkv.bias, l.attention.dense.weight,
-                   l.post_layernorm.weight, l.mlp.fc.weight, l.mlp.gate.weight, l.mlp.proj.weight) for l in t.layers]
-        eps = torch.tensor(self.cfg.rms_norm_eps, dtype=torch.float32, device=self.device)
-        return layers + [(t.vocab_embedding.weight, t.ln_f.weight, self.lm_head.weight, eps)]
-
-    def forward_packed(self, input_ids: torch.Tensor, positions: torch.Tensor, attn: PackedAttention,
-                       logits_index: torch.Tensor | None = None,
-                       weights: list[tuple[torch.Tensor, ...]] | None = None) -> torch.Tensor:
+    def forward_packed(self, input_ids: torch.Tensor, positions: torch.Tensor, attn: Attention,
+                       logits_index: torch.Tensor | None = None, weights: ModelWeights | None = None) -> torch.Tensor:
         """input_ids/positions (N,) -> logits (N, V), or (K, V) at `logits_index` (K,), float32.
 
         The continuous-batching executor's hot path: one packed row of tokens from many sequences,
-        2-D activations, weights read directly (a module call costs ~2 us on a CPU, a small model
-        makes dozens per token; pass `weights` = packed_weights() to skip even the lookups) and
-        token-major attention. The same ops as `forward`, so the same numbers; only for models
-        where `packed_ok()` holds.
+        2-D activations and token-major attention; the same computation as `forward`.
         """
-        cfg = self.cfg
-        N = input_ids.shape[0]
-        Hq, Hkv, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        qk_size = cfg.q_size + cfg.kv_size
-        *layers, (embedding, ln_f, lm_head, eps) = weights or self.packed_weights()
-        x = F.embedding(input_ids, embedding)  # (N, H)
-        cos, sin = self.rope.table(positions, x.dtype)  # (N, 1, D) each
-        for i, (ln1, qkv_w, qkv_b, dense, ln2, fc, gate, proj) in enumerate(layers):
-            qkv = F.linear(rms_norm(x, ln1, eps), qkv_w, qkv_b)  # (N, q + 2 kv)
-            qk = qkv[:, :qk_size].view(N, Hq + Hkv, D)
-            apply_rope(qk, cos, sin, out=qk)  # in place: K lands next to V for a single cache write
-            q, kv = qkv[:, :cfg.q_size].view(N, Hq, D), qkv[:, cfg.q_size:].view(N, 2, Hkv, D)
-            out = attn.attend(i, q, kv)  # (N, Hq, D)
-            x = x + F.linear(out.reshape(N, cfg.q_size), dense)
-            h = rms_norm(x, ln2, eps)
-            x = x + F.linear(F.silu(F.linear(h, fc)) * F.linear(h, gate), proj)
+        w = self.weights() if weights is None else weights
+        x = self._hidden(input_ids, positions, attn, w)  # (N, H)
         if logits_index is not None:
             x = x.index_select(0, logits_index)  # (K, H)
-        return F.linear(rms_norm(x, ln_f, eps), lm_head).float()
+        return w.lm_head(rms_norm(x, w.final_norm, w.eps)).float()
 
     @property
     def dtype(self) -> torch.dtype:
@@ -222,16 +291,18 @@ class Qwen2Model(nn.Module):
 
     @classmethod
     def from_tensors(cls, cfg: ModelConfig, tensors: dict[str, torch.Tensor], dtype: torch.dtype,
-                     device: str | torch.device = "cpu", max_seq_len: int = 16384,
-                     modules: dict[str, nn.Module] | None = None) -> "Qwen2Model":
+                     device: str | torch.device = "cpu", max_seq_len: int = DEFAULT_MAX_SEQ_LEN,
+                     modules: dict[str, nn.Module] | None = None, kv_quant: KVCacheQuant | None = None,
+                     quant_info: dict | None = None) -> "Qwen2Model":
         """Build from native (TRT-LLM named, unsharded) tensors without a second copy in memory.
 
         `modules`: submodule name -> a ready module that replaces it (quantized linears,
         fathom.runtime.quant_linear); its tensors are its own, not in `tensors`.
+        `kv_quant`, `quant_info`: see `Qwen2Model`.
         """
         max_seq_len = min(max_seq_len, cfg.max_position_embeddings) if max_seq_len else cfg.max_position_embeddings
         with torch.device("meta"):
-            model = cls(cfg, max_seq_len=max_seq_len)
+            model = cls(cfg, max_seq_len=max_seq_len, kv_quant=kv_quant, quant_info=quant_info)
         state = {k: v.to(device=device, dtype=dtype) if v.is_floating_point() and v.dtype.itemsize > 1 else v.to(device)
                  for k, v in tensors.items()}
         for name, module in (modules or {}).items():

@@ -18,11 +18,12 @@ Why it is laid out this way:
   the live KV once per layer per step: negligible for CPU-sized models; on GPU at long context it adds
   a read and a write of the context to attention's own read (plain PyTorch has no kernel that reads
   the pools through a block table).
-- Storage dtype: the model dtype, or float8_e4m3fn / int8 with one scale per layer shared by K and
-  V (TRT-LLM's `kv_cache_scaling_factor`), quantized and dequantized by fathom.build.quant.kv_cache
-  (stored = value / scale, read back as stored x scale). Scales are required for fp8 and int8 (a
-  default of 1.0 silently clips or wastes the int8 range); `calibrate_kv_scales` measures them
-  with the quantizer's own rule (`kv_cache_scale`).
+- Storage format (fathom.build.precision.KvCacheFormat): the model dtype, or fp8 / int8 with one
+  scale per layer shared by K and V (TRT-LLM's `kv_cache_scaling_factor`), quantized and
+  dequantized by fathom.build.quant.kv_cache.KVCacheQuant (stored = value / scale, read back as
+  stored x scale). Scales are required for fp8 and int8 (a default of 1.0 silently clips or wastes
+  the int8 range); fathom.build.quant.calibrate.calibrate_kv_scales measures them with the
+  quantizer's own rule (`kv_cache_scale`).
 - Capacity: CUDA gets `gpu_memory_fraction` of the memory free after the weights are loaded, minus
   a workspace estimate for one step; the CPU gets a fixed `cpu_budget_bytes`. Either is capped at
   what max_seqs sequences of max_seq_len tokens can ever use.
@@ -42,19 +43,19 @@ import torch.nn.functional as F
 
 from fathom.build.config import ModelConfig
 from fathom.build.errors import ConfigError
-from fathom.build.quant.config import QuantAlgo
-from fathom.build.quant.kv_cache import dequantize_kv, kv_cache_scale, kv_storage_dtype, quantize_kv
+from fathom.build.precision import KvCacheFormat
+from fathom.build.quant.kv_cache import KVCacheQuant
 
-KV_DTYPES = ("auto", "fp8", "int8")
-_ALGO = {"fp8": QuantAlgo.FP8, "int8": QuantAlgo.INT8}
+from .model import causal_attention, sdpa
+
 NULL_BLOCK = 0
 
 
 @dataclass(frozen=True)
 class KVCacheConfig:
     block_size: int = 16
-    kv_dtype: str = "auto"  # auto = the model dtype; fp8 (float8_e4m3fn) or int8 need kv_scales
-    kv_scales: tuple[float, ...] | None = None  # one dequantization scale per layer
+    kv_format: KvCacheFormat | None = None  # None: the model's own (a quantized checkpoint's, else the model dtype)
+    kv_scales: tuple[float, ...] | None = None  # one dequantization scale per layer (fp8, int8)
     gpu_memory_fraction: float = 0.9
     cpu_budget_bytes: int = 512 * 2**20
     num_blocks: int | None = None  # explicit pool size (tests); None = sized from memory
@@ -63,11 +64,11 @@ class KVCacheConfig:
     def __post_init__(self) -> None:
         if self.block_size < 1:
             raise ConfigError(f"block_size = {self.block_size}, expected >= 1")
-        if self.kv_dtype not in KV_DTYPES:
-            raise ConfigError(f"kv_dtype = {self.kv_dtype!r}, expected one of {', '.join(KV_DTYPES)}")
-        if self.kv_dtype != "auto" and self.kv_scales is None:
-            raise ConfigError(f"kv_dtype {self.kv_dtype}: kv_scales (one kv_cache_scaling_factor per layer) are "
-                              "required; measure them with fathom.runtime.paged_kv.calibrate_kv_scales")
+        if self.kv_format is not None:
+            object.__setattr__(self, "kv_format", KvCacheFormat.parse(self.kv_format, "kv_format"))
+        if self.kv_format is not None and self.kv_format.quantized and self.kv_scales is None:
+            raise ConfigError(f"kv_format {self.kv_format.value}: kv_scales (one kv_cache_scaling_factor per layer) "
+                              "are required; measure them with fathom.build.quant.calibrate.calibrate_kv_scales")
         if self.kv_scales is not None and any(not s > 0 for s in self.kv_scales):
             raise ConfigError(f"kv_scales = {list(self.kv_scales)}, expected positive numbers")
         if not 0 < self.gpu_memory_fraction <= 1:
@@ -75,9 +76,14 @@ class KVCacheConfig:
         if self.num_blocks is not None and self.num_blocks < 2:
             raise ConfigError(f"num_blocks = {self.num_blocks}, expected >= 2 (block 0 is the null block)")
 
-
-def storage_dtype(kv_dtype: str, model_dtype: torch.dtype) -> torch.dtype:
-    return kv_storage_dtype(_ALGO[kv_dtype]) if kv_dtype in _ALGO else model_dtype
+    def kv_quant(self, own: KVCacheQuant | None, device: torch.device) -> KVCacheQuant | None:
+        """The format K/V are stored in: the one asked for, else `own` (the model's `kv_quant`);
+        None for the model dtype."""
+        if self.kv_format is None:
+            return own
+        if not self.kv_format.quantized:
+            return None
+        return KVCacheQuant(self.kv_format, torch.tensor(self.kv_scales, dtype=torch.float32, device=device))
 
 
 def plan_num_blocks(cfg: ModelConfig, kv: KVCacheConfig, device: torch.device, bytes_per_token: int,
@@ -165,31 +171,31 @@ class BlockAllocator:
 
 
 class PagedKVCache:
-    """The pools, the slot table and quantized storage. Layout: see the module docstring."""
+    """The pools, the slot table and the storage format. Layout: see the module docstring.
 
-    def __init__(self, cfg: ModelConfig, kv: KVCacheConfig, num_blocks: int, dtype: torch.dtype,
-                 device: torch.device, max_seqs: int, max_seq_len: int):
-        self.cfg, self.kv_config = cfg, kv
-        self.block_size = kv.block_size
+    `kv_quant`: store K/V in that format with its per-layer scales; None: in the model dtype `dtype`.
+    """
+
+    def __init__(self, cfg: ModelConfig, block_size: int, num_blocks: int, dtype: torch.dtype, device: torch.device,
+                 max_seqs: int, max_seq_len: int, kv_quant: KVCacheQuant | None = None):
+        if kv_quant is not None:
+            kv_quant.check_layers(cfg.num_hidden_layers)
+        self.cfg = cfg
+        self.block_size = block_size
         self.dtype = dtype  # compute dtype: what reads return
-        self.storage = storage_dtype(kv.kv_dtype, dtype)
-        self.quantized = kv.kv_dtype != "auto"
-        if kv.kv_scales is not None and len(kv.kv_scales) != cfg.num_hidden_layers:
-            raise ConfigError(f"kv_scales has {len(kv.kv_scales)} values, expected one per layer "
-                              f"({cfg.num_hidden_layers})")
-        self.algo = _ALGO.get(kv.kv_dtype)
-        self.scales = ([torch.tensor([x], dtype=torch.float32, device=device) for x in kv.kv_scales]
-                       if self.quantized else None)
-        slots = num_blocks * self.block_size
+        self.kv_quant = kv_quant
+        kv_format = kv_quant.format if kv_quant is not None else KvCacheFormat.MODEL
+        self.storage = kv_format.torch_dtype(str(dtype).removeprefix("torch."))
+        slots = num_blocks * block_size
         shape = (cfg.num_hidden_layers, slots, 2, cfg.num_key_value_heads, cfg.head_dim)
         self.kv = torch.empty(shape, dtype=self.storage, device=device)
-        self.kv[:, :self.block_size].zero_()  # the null block
+        self.kv[:, :block_size].zero_()  # the null block
         self._zeroed = bytearray(num_blocks)
         self._zeroed[NULL_BLOCK] = 1
         # fp8 moves through uint8 views: index_copy_/index_select have no float8 kernels on CPU.
         self.raw = torch.uint8 if self.storage == torch.float8_e4m3fn else self.storage
         self.layers = self.kv.view(self.raw).unbind(0)  # per-layer views, made once
-        width = -(-max_seq_len // self.block_size) * self.block_size  # whole blocks
+        width = -(-max_seq_len // block_size) * block_size  # whole blocks
         self.slot_table = torch.zeros((max_seqs, width), dtype=torch.int64, device=device)
         self.allocator = BlockAllocator(num_blocks)
         self.bytes_per_token = cfg.kv_bytes_per_token(self.storage.itemsize)
@@ -213,15 +219,15 @@ class PagedKVCache:
     # ---- storage ---------------------------------------------------------------------
     def write(self, layer: int, slots: torch.Tensor, kv: torch.Tensor) -> None:
         """slots (N,), kv (N, 2, Hkv, D) in the compute dtype."""
-        if self.quantized:
-            kv = quantize_kv(kv, self.scales[layer], self.algo).view(self.raw)
+        if self.kv_quant is not None:
+            kv = self.kv_quant.quantize(layer, kv).view(self.raw)
         self.layers[layer].index_copy_(0, slots, kv)
 
     def read(self, layer: int, slots: torch.Tensor) -> torch.Tensor:
         """slots (M,) -> kv (M, 2, Hkv, D) in the compute dtype."""
         kv = self.layers[layer].index_select(0, slots)
-        if self.quantized:
-            kv = dequantize_kv(kv.view(self.storage), self.scales[layer], self.dtype)
+        if self.kv_quant is not None:
+            kv = self.kv_quant.dequantize(layer, kv.view(self.storage), self.dtype)
         return kv
 
 
@@ -230,15 +236,13 @@ class PagedAttention:
 
     Tokens [0, n_decode) are one decode token per sequence, attended together: one gather, one
     SDPA whose "query length" is the G query heads sharing a KV head (no K/V repeat). Each prefill
-    chunk after them attends to its sequence's cached prefix plus itself (causal). `plan_step`
-    runs once per step; every layer reuses the plan. `attend` is the token-major entry point of
-    `Qwen2Model.forward_packed`; calling the object serves `Qwen2Model.forward` (B = 1).
+    chunk after them attends to its sequence's cached prefix plus itself (causal; with no prefix,
+    the causal attention of a pass without a cache). `plan_step` runs once per step; every layer
+    reuses the plan. The backend of `Qwen2Model.forward_packed`.
     """
 
     def __init__(self, cache: PagedKVCache):
         self.cache = cache
-        # Quantized storage: a quantized model's K/V rounding hook leaves the quantizing to us.
-        self.stores_quantized_kv = cache.quantized
         cfg = cache.cfg
         self.Hq, self.Hkv, self.D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         self.positions = torch.arange(cache.slot_table.shape[1], device=cache.slot_table.device)
@@ -282,38 +286,11 @@ class PagedAttention:
                                                  attn_mask=self.decode_mask)  # (n, Hkv, G, D)
             outs.append(out.view(n, self.Hq, D))
         for first, count, chunk_slots, mask in self.chunks:
-            past = cache.read(layer, chunk_slots).transpose(0, 2)  # (Hkv, 2, L, D)
-            k, v = past[:, 0][None], past[:, 1][None]  # (1, Hkv, L, D)
-            gqa = self.Hq != self.Hkv
-            if gqa and q.is_cuda:
-                # CUDA's fused kernels want equal head counts; with enable_gqa a masked chunk could fall
-                # back to the math kernel and its (Hq, T, L) score matrix (GBs at 16K).
-                k, v, gqa = k.repeat_interleave(self.Hq // self.Hkv, 1), v.repeat_interleave(self.Hq // self.Hkv, 1), False
-            qc = q[first:first + count].transpose(0, 1)[None]  # (1, Hq, T, D)
-            out = F.scaled_dot_product_attention(qc, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=gqa)
-            outs.append(out[0].transpose(0, 1))  # (T, Hq, D)
+            past = cache.read(layer, chunk_slots)  # (L, 2, Hkv, D): the cached prefix, then the chunk
+            qc = q[first:first + count][None]  # (1, T, Hq, D)
+            if mask is None:  # the chunk starts its sequence
+                outs.append(causal_attention(qc, past[None])[0])
+            else:
+                k, v = past.transpose(0, 2)[None].unbind(2)  # (1, Hkv, L, D) each
+                outs.append(sdpa(qc.transpose(1, 2), k, v, mask)[0].transpose(0, 1))  # (T, Hq, D)
         return outs[0] if len(outs) == 1 else torch.cat(outs)
-
-    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """q (1, Hq, N, D), k/v (1, Hkv, N, D) -> (1, Hq, N, D)."""
-        out = self.attend(layer, q[0].transpose(0, 1), torch.stack((k[0], v[0])).permute(2, 0, 1, 3))
-        return out.transpose(0, 1)[None]
-
-
-@torch.inference_mode()
-def calibrate_kv_scales(model, prompts: list[list[int]], kv_dtype: str) -> tuple[float, ...]:
-    """Per-layer kv_cache_scaling_factor from the K/V amax of a prefill of `prompts`, by the
-    quantizer's rule (fathom.build.quant.kv_cache.kv_cache_scale: int8 amax/127, fp8 max(amax/448, 1))."""
-    if kv_dtype not in _ALGO:
-        raise ConfigError(f"kv_dtype = {kv_dtype!r}: only fp8 and int8 take scales")
-    layers = model.cfg.num_hidden_layers
-    k_amax, v_amax = [0.0] * layers, [0.0] * layers
-
-    def record(layer, q, k, v):
-        k_amax[layer] = max(k_amax[layer], k.abs().max().item())
-        v_amax[layer] = max(v_amax[layer], v.abs().max().item())
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-
-    for ids in prompts:
-        model(torch.tensor([ids], device=model.device), torch.arange(len(ids), device=model.device)[None], record)
-    return tuple(float(kv_cache_scale(k, v, _ALGO[kv_dtype])[0]) for k, v in zip(k_amax, v_amax))

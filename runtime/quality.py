@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from .model import CausalAttention
+
 
 @dataclass(frozen=True)
 class QualityOptions:
@@ -33,16 +35,12 @@ class QualityOptions:
     device: str = "cpu"
 
 
-def _causal_attention(layer: int, q, k, v):
-    return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-
-
 @torch.inference_mode()
 def sequence_logits(model, ids: list[int]) -> torch.Tensor:
-    """One sequence, teacher-forced, no cache -> logits (T, V) float32."""
+    """One sequence, teacher-forced, no cache (K/V rounded to the model's KV cache format) -> logits (T, V) float32."""
     x = torch.tensor([ids], device=model.device)
     positions = torch.arange(len(ids), device=model.device)[None]
-    return model(x, positions, _causal_attention)[0].float()
+    return model(x, positions, CausalAttention(model.kv_quant))[0].float()
 
 
 def _summary(kl: torch.Tensor, agree: torch.Tensor, nll_base: torch.Tensor, nll_cand: torch.Tensor) -> dict:
@@ -109,7 +107,7 @@ def _load(spec: str, options: QualityOptions, tokenizer_dir):
 
 def _describe(source, model) -> dict:
     info = {"spec": source.spec, "kind": source.kind, "dtype": str(model.dtype).removeprefix("torch.")}
-    return {**info, "quantization": getattr(model, "quant_info", None)}
+    return {**info, "quantization": model.quant_info}
 
 
 def run_quality(base_spec: str, candidate_spec: str, options: QualityOptions, tokenizer_dir=None,
@@ -161,11 +159,14 @@ def _task(base, cand, tokenizer, options: QualityOptions) -> dict:
 
 def quality_record(result: dict) -> dict:
     """The shared run-record envelope (fathom.runtime.records) with kind "quality"."""
+    from fathom.build.precision import WeightFormat
+
     from .records import environment, make_record
 
     cand = result["candidate"]
     algo = (cand["quantization"] or {}).get("quant_algo")
+    precision = WeightFormat.of_checkpoint(algo, cand["dtype"], "candidate").value if algo else None
     env = environment({"executor": "reference", "dtype": cand["dtype"], "device": result["parameters"]["device"],
-                       "precision": algo.lower() if algo else None, "quantization": cand["quantization"]})
+                       "precision": precision, "quantization": cand["quantization"]})
     return make_record("quality", {"base": result["base"], "candidate": cand}, result["parameters"],
                        result["metrics"], env)

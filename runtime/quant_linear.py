@@ -1,4 +1,4 @@
-"""Quantized linears and KV cache rounding for the torch executor.
+"""Quantized linears and the KV cache format of a quantized checkpoint, for the torch model.
 
 A quantized checkpoint loads into the same `Qwen2Model`: its quantized linears are replaced by the
 modules below, whose buffers carry the TRT-LLM tensor names (`weight`, `weights_scaling_factor`,
@@ -12,12 +12,10 @@ the weight inside forward otherwise; the reason is kept and reported (`describe_
   load exactly as TensorRT-LLM does, then `torch._weight_int8pack_mm` (CPU) or dequantize.
 - W4A16-AWQ: input times `prequant_scaling_factor`, then `torch._weight_int4pack_mm_for_cpu`
   (CPU) or dequantize.
-- KV cache (FP8/INT8): K and V are rounded to the cache format with the layer's
-  `kv_cache_scaling_factor` before the attention backend stores them (a pre-hook on each attention
-  module), so every later read sees exactly the values a quantized cache would return. A cache
-  that allocates the model dtype gets the quantized cache's numerics, not its memory (reported as
-  such); one that declares `stores_quantized_kv = True` receives K/V unrounded and stores them with
-  `model.kv_cache_quant` (fathom.build.quant.kv_cache.KVCacheQuant).
+- KV cache (FP8/INT8): the checkpoint's format and per-layer `kv_cache_scaling_factor` become the
+  model's `kv_quant` (fathom.build.quant.kv_cache.KVCacheQuant). Whatever stores K/V takes it:
+  the paged cache stores fp8/int8 for real, the static cache and passes without a cache round K/V
+  to the format and keep the model dtype, so every read sees the values a quantized cache returns.
 """
 
 from __future__ import annotations
@@ -26,8 +24,10 @@ import torch
 from torch import nn
 
 from fathom.build.config import ModelConfig
+from fathom.build.precision import KvCacheFormat, WeightFormat
 from fathom.build.quant.awq import dequantize_groupwise_int4, unpack_int4
-from fathom.build.quant.config import QuantAlgo, QuantConfig, linear_modules
+from fathom.build.precision import QuantAlgo
+from fathom.build.quant.config import QuantConfig, linear_modules
 from fathom.build.quant.fp8 import dequantize_fp8, quantize_fp8
 from fathom.build.quant.int8 import dequantize_per_channel_int8, quantize_per_channel_int8
 from fathom.build.quant.kv_cache import KVCacheQuant
@@ -180,81 +180,57 @@ def build_quant_linears(cfg: ModelConfig, tensors: dict[str, torch.Tensor], qcfg
     return modules
 
 
-def _round_kv_hook(kv: KVCacheQuant):
-    def hook(module, args):
-        *inputs, attn, layer = args  # QwenAttention.forward(x, ..., attn, layer)
-        if getattr(attn, "stores_quantized_kv", False):
-            return None  # the backend stores K/V in kv.storage_dtype itself
-
-        def quantized_attn(layer_, q, k, v):
-            k = kv.dequantize(layer_, kv.quantize(layer_, k), k.dtype)
-            v = kv.dequantize(layer_, kv.quantize(layer_, v), v.dtype)
-            return attn(layer_, q, k, v)
-
-        return (*inputs, quantized_attn, layer)
-    return hook
-
-
-def install_kv_cache_quant(model, scales: dict[int, torch.Tensor], algo: QuantAlgo) -> None:
-    """Round K/V to the cache format in every layer (`scales`: layer -> kv_cache_scaling_factor (1,)).
-
-    `model.kv_cache_quant` describes the format for a cache that stores K/V quantized; a backend with
-    `stores_quantized_kv = True` gets K/V unrounded and quantizes them itself.
-    """
-    kv = KVCacheQuant(algo, torch.cat([scales[i].float().reshape(1) for i in range(len(scales))]).to(model.device))
-    model.kv_cache_quant = kv
-    for i, layer in enumerate(model.transformer.layers):
-        layer.attention.register_buffer("kv_cache_scaling_factor", kv.scales[i:i + 1].clone())
-        layer.attention.register_forward_pre_hook(_round_kv_hook(kv))
-
-
 def load_quantized_model(cfg: ModelConfig, tensors: dict[str, torch.Tensor], qcfg: QuantConfig,
                          dtype: torch.dtype, device, max_seq_len: int):
-    """Qwen2Model with quantized linears (and KV rounding) from merged TRT-LLM-named checkpoint tensors."""
+    """Qwen2Model with quantized linears and its KV cache format from merged TRT-LLM-named checkpoint tensors."""
     from .model import Qwen2Model
 
     tensors = dict(tensors)
     modules = build_quant_linears(cfg, tensors, qcfg, dtype, device)
-    kv_scales = {}
+    kv_quant = None
     if qcfg.kv_cache_quant_algo is not None:
-        kv_scales = {i: tensors.pop(f"transformer.layers.{i}.attention.kv_cache_scaling_factor")
-                     for i in range(cfg.num_hidden_layers)}
-    model = Qwen2Model.from_tensors(cfg, tensors, dtype, device, max_seq_len, modules=modules)
-    if kv_scales:
-        install_kv_cache_quant(model, kv_scales, qcfg.kv_cache_quant_algo)
-    model.quant_info = describe_quantization(model, qcfg)
-    return model
+        scales = [tensors.pop(f"transformer.layers.{i}.attention.kv_cache_scaling_factor").float().reshape(1)
+                  for i in range(cfg.num_hidden_layers)]
+        kv_quant = KVCacheQuant(KvCacheFormat.of_checkpoint(qcfg.kv_cache_quant_algo, qcfg.source),
+                                torch.cat(scales).to(device))
+    info = describe_quantization(cfg, modules, qcfg, dtype)
+    return Qwen2Model.from_tensors(cfg, tensors, dtype, device, max_seq_len, modules=modules, kv_quant=kv_quant,
+                                   quant_info=info)
 
 
-def describe_quantization(model, qcfg: QuantConfig) -> dict:
-    """What runs where: kernel path per quantized linear kind, fallbacks with reasons, KV cache handling."""
+def describe_quantization(cfg: ModelConfig, modules: dict[str, QuantLinear], qcfg: QuantConfig,
+                          dtype: torch.dtype) -> dict:
+    """What runs where: kernel path per quantized linear kind (every other linear module counts as
+    unquantized), fallbacks with reasons, KV cache handling."""
     paths: dict[str, int] = {}
     fallbacks: dict[str, str] = {}
-    for name, m in model.named_modules():
-        if isinstance(m, QuantLinear):
-            key = f"{m.kind}:{m.path}"
-            paths[key] = paths.get(key, 0) + 1
-            if m.fallback_reason:
-                fallbacks.setdefault(m.kind, m.fallback_reason)
-        elif isinstance(m, nn.Linear):
-            paths["unquantized"] = paths.get("unquantized", 0) + 1
+    for name in linear_modules(cfg):
+        m = modules.get(name)
+        key = "unquantized" if m is None else f"{m.kind}:{m.path}"
+        paths[key] = paths.get(key, 0) + 1
+        if m is not None and m.fallback_reason:
+            fallbacks.setdefault(m.kind, m.fallback_reason)
     kv = qcfg.kv_cache_quant_algo
+    kv_text = None
+    if kv is not None:
+        storage = KvCacheFormat.of_checkpoint(kv, qcfg.source).storage
+        kv_text = (f"K/V rounded to {kv.value} with per-layer scales; stored as {storage} in the paged cache, "
+                   f"as {str(dtype).removeprefix('torch.')} in the static cache")
     return {
         "quant_algo": qcfg.quant_algo.value if qcfg.quant_algo else None,
         "kv_cache_quant_algo": kv.value if kv else None,
         "linear_paths": paths,
         "fallbacks": fallbacks,
-        "kv_cache": None if kv is None else
-        f"K/V rounded to {kv.value} with per-layer scales; stored as {str(model.dtype).removeprefix('torch.')} "
-        f"unless the cache sets stores_quantized_kv",
+        "kv_cache": kv_text,
     }
 
 
-PLANNER_PRECISION = {"FP8": "fp8", "W8A16": "w8a16", "W4A16_AWQ": "w4a16_awq"}
-
-
 def describe_model_precision(model) -> dict:
-    """`precision` (planner names; None = the compute dtype) and `quantization` for executor descriptions."""
-    info = getattr(model, "quant_info", None)
-    algo = (info or {}).get("quant_algo")
-    return {"precision": PLANNER_PRECISION.get(algo), "quantization": info}
+    """`precision` (the --precision word of a quantized model's weights; None = unquantized, named by
+    the model dtype) and `quantization` (`quant_info`) for executor descriptions."""
+    info = model.quant_info
+    algo = info["quant_algo"] if info else None
+    precision = None
+    if algo is not None:
+        precision = WeightFormat.of_checkpoint(algo, str(model.dtype).removeprefix("torch."), "quant_info").value
+    return {"precision": precision, "quantization": info}

@@ -18,7 +18,11 @@ from .sampling import make_generator, sample
 
 
 class StaticKVCache:
-    """K/V for a batch: (layers, B, Hkv, S, D) each, filled left to right; rows are left-padded."""
+    """K/V for a batch: (layers, B, Hkv, S, D) each, filled left to right; rows are left-padded.
+
+    Stored in the model dtype; a model with a quantized KV cache format (`model.kv_quant`) has K/V
+    rounded to it on the way in, so reads return what a cache in that format would.
+    """
 
     def __init__(self, model: Qwen2Model, pad_lens: list[int], capacity: int):
         cfg = model.cfg
@@ -26,6 +30,7 @@ class StaticKVCache:
         shape = (cfg.num_hidden_layers, B, cfg.num_key_value_heads, capacity, cfg.head_dim)
         self.k = torch.empty(shape, dtype=model.dtype, device=model.device)
         self.v = torch.empty(shape, dtype=model.dtype, device=model.device)
+        self.kv_quant = model.kv_quant
         cols = torch.arange(capacity, device=model.device)
         self.pad = torch.tensor(pad_lens, device=model.device)
         self.valid = cols[None, :] >= self.pad[:, None]  # (B, S): False on left padding
@@ -48,13 +53,15 @@ class StaticKVCache:
         mask |= (cols == rows)[None]
         self._mask = mask[:, None]  # (B, 1, T, end)
 
-    def __call__(self, layer: int, q, k, v):
-        T = q.shape[2]
-        end = self.length + T
-        self.k[layer, :, :, self.length:end] = k
-        self.v[layer, :, :, self.length:end] = v
-        return F.scaled_dot_product_attention(q, self.k[layer, :, :, :end], self.v[layer, :, :, :end],
-                                              attn_mask=self._mask, enable_gqa=True)
+    def attend(self, layer: int, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        """q (B, T, Hq, D), kv (B, T, 2, Hkv, D) of the next T columns -> (B, T, Hq, D)."""
+        if self.kv_quant is not None:
+            kv = self.kv_quant.round(layer, kv)
+        end = self.length + q.shape[1]
+        self.k[layer, :, :, self.length:end] = kv[:, :, 0].transpose(1, 2)
+        self.v[layer, :, :, self.length:end] = kv[:, :, 1].transpose(1, 2)
+        return F.scaled_dot_product_attention(q.transpose(1, 2), self.k[layer, :, :, :end], self.v[layer, :, :, :end],
+                                              attn_mask=self._mask, enable_gqa=True).transpose(1, 2)
 
     def advance(self, T: int) -> None:
         self.length += T

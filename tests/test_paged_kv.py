@@ -6,8 +6,11 @@ import torch.nn.functional as F
 
 from fathom.build.config import preset
 from fathom.build.errors import ConfigError
+from fathom.build.precision import KvCacheFormat
+from fathom.build.quant.calibrate import calibrate_kv_scales
+from fathom.build.quant.kv_cache import KVCacheQuant
 from fathom.runtime.paged_kv import (BlockAllocator, KVCacheConfig, PagedAttention, PagedKVCache, block_key,
-                                     calibrate_kv_scales, plan_num_blocks)
+                                     plan_num_blocks)
 
 
 def test_allocator_hands_out_every_block_but_the_null_block_then_returns_none():
@@ -52,12 +55,13 @@ def test_block_keys_depend_on_the_whole_prefix():
 
 def test_quantized_kv_needs_scales_and_one_per_layer():
     with pytest.raises(ConfigError, match="kv_scales"):
-        KVCacheConfig(kv_dtype="int8")
-    with pytest.raises(ConfigError, match="kv_dtype"):
-        KVCacheConfig(kv_dtype="int4")
+        KVCacheConfig(kv_format="int8")
+    with pytest.raises(ConfigError, match="kv_format 'int4': expected one of model, fp8, int8"):
+        KVCacheConfig(kv_format="int4")
     cfg = preset("tiny")
+    kv_quant = KVCacheConfig(kv_format="fp8", kv_scales=(1.0,)).kv_quant(None, torch.device("cpu"))
     with pytest.raises(ConfigError, match="one per layer"):
-        PagedKVCache(cfg, KVCacheConfig(kv_dtype="fp8", kv_scales=(1.0,)), 4, torch.float32, torch.device("cpu"), 2, 64)
+        PagedKVCache(cfg, 16, 4, torch.float32, torch.device("cpu"), 2, 64, kv_quant=kv_quant)
 
 
 def test_cpu_capacity_comes_from_the_budget_and_is_capped_by_what_sequences_can_use():
@@ -70,12 +74,16 @@ def test_cpu_capacity_comes_from_the_budget_and_is_capped_by_what_sequences_can_
         plan_num_blocks(cfg, KVCacheConfig(cpu_budget_bytes=100), torch.device("cpu"), per_token, 0, 10_000)
 
 
-@pytest.mark.parametrize("kv_dtype, tol", [("auto", 0.0), ("int8", 0.02), ("fp8", 0.07)])
-def test_stored_kv_reads_back_within_the_storage_precision(kv_dtype, tol):
+@pytest.mark.parametrize("kv_format, tol", [("model", 0.0), ("int8", 0.02), ("fp8", 0.07)])
+def test_stored_kv_reads_back_within_the_storage_precision(kv_format, tol):
     cfg = preset("tiny")
-    scales = None if kv_dtype == "auto" else (4.0 / (127 if kv_dtype == "int8" else 448),) * cfg.num_hidden_layers
-    cache = PagedKVCache(cfg, KVCacheConfig(kv_dtype=kv_dtype, kv_scales=scales), 4, torch.float32,
-                         torch.device("cpu"), 2, 64)
+    kv_format = KvCacheFormat(kv_format)
+    kv_quant = None
+    if kv_format.quantized:
+        scale = 4.0 / (127 if kv_format is KvCacheFormat.INT8 else 448)
+        kv_quant = KVCacheQuant(kv_format, torch.full((cfg.num_hidden_layers,), scale))
+    cache = PagedKVCache(cfg, 16, 4, torch.float32, torch.device("cpu"), 2, 64, kv_quant=kv_quant)
+    assert cache.kv.dtype == kv_format.torch_dtype("float32")
     k = torch.randn(5, cfg.num_key_value_heads, cfg.head_dim, generator=torch.Generator().manual_seed(0))
     slots = torch.tensor([17, 3, 40, 41, 16])
     cache.write(1, slots, torch.stack((k, -k), dim=1))
@@ -88,7 +96,7 @@ def test_paged_attention_matches_dense_attention_for_decodes_and_a_chunk():
     """Two decode rows (lengths 7 and 12) and a 3-token chunk at position 5, blocks scattered."""
     cfg = preset("tiny-gqa5")
     Hq, Hkv, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-    cache = PagedKVCache(cfg, KVCacheConfig(block_size=4), 12, torch.float32, torch.device("cpu"), 4, 32)
+    cache = PagedKVCache(cfg, 4, 12, torch.float32, torch.device("cpu"), 4, 32)
     gen = torch.Generator().manual_seed(1)
     lens = {0: 7, 1: 12, 2: 8}
     blocks = {0: [5, 2], 1: [9, 1, 7], 2: [3, 11]}

@@ -7,7 +7,8 @@ from fathom.build.config import preset
 from fathom.build.errors import ConfigError
 from fathom.build.quant.awq import (dequantize_groupwise_int4, pack_int4, quantize_groupwise_int4,
                                     quantize_linear_awq, search_awq_scale, unpack_int4)
-from fathom.build.quant.config import QuantAlgo, QuantConfig, make_quant_config
+from fathom.build.precision import QuantAlgo
+from fathom.build.quant.config import QuantConfig, make_quant_config
 from fathom.build.quant.fp8 import E4M3_MAX, dequantize_fp8, quantize_linear_fp8
 from fathom.build.quant.int8 import dequantize_per_channel_int8, quantize_per_channel_int8
 from fathom.build.quant.kv_cache import dequantize_kv, kv_cache_scale, quantize_kv

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from fathom.build.errors import FathomError
+from fathom.build.quant.calibrate import calibrate_kv_scales
 from fathom.build.sources import resolve_model
 from fathom.runtime.executor import Request, collect
 from fathom.runtime.executors import create_executor
 from fathom.runtime.loader import load_model
-from fathom.runtime.paged_kv import calibrate_kv_scales
 from fathom.runtime.reference import ReferenceExecutor
 from fathom.runtime.sampling import SamplingParams
 from fathom.runtime.torch_executor import TorchExecutor, executor_config
@@ -34,18 +34,22 @@ def tokens(events):
 def record_logits(executor) -> dict[str, list]:
     """Request id -> the logits each of its tokens was sampled from (wraps the executor's sampler)."""
     seen: dict[str, list] = {}
-    sample = executor._sample
     if isinstance(executor, ReferenceExecutor):
+        sample = executor._sample
+
         def hook(logits):
             for row, r in enumerate(executor.batch):
                 seen.setdefault(r.request_id, []).append(logits[row].clone())
             return sample(logits)
+        executor._sample = hook
     else:
+        sample = executor.runner.sample
+
         def hook(logits, seqs):
             for row, s in enumerate(seqs):
                 seen.setdefault(s.id, []).append(logits[row].clone())
             return sample(logits, seqs)
-    executor._sample = hook
+        executor.runner.sample = hook
     return seen
 
 
@@ -226,19 +230,26 @@ def test_eos_and_max_seq_len_end_requests_like_the_reference(models):
     assert got[-1].finish_reason == "length"
 
 
-def test_module_path_with_hooks_gives_the_same_tokens_as_the_packed_path(models):
+def test_a_linear_module_of_its_own_runs_through_its_forward_with_the_same_tokens(models):
+    """Linears other than nn.Linear (quantized ones) are called as modules; F.linear serves the rest."""
+    class OwnLinear(torch.nn.Module):
+        def __init__(self, linear):
+            super().__init__()
+            self.weight, self.calls = linear.weight, 0
+
+        def forward(self, x):
+            self.calls += 1
+            return torch.nn.functional.linear(x, self.weight)
+
     model = models["tiny"]
+    own = load_model(resolve_model("random:tiny"), "float32", "cpu", max_seq_len=256)
+    own.transformer.layers[0].mlp.gate = OwnLinear(own.transformer.layers[0].mlp.gate)
     prompts = prompts_for(model, (13, 6), seed=7)
     params = SamplingParams(max_new_tokens=8)
-    packed = torch_executor(model, max_num_tokens=9, block_size=4)
-    handle = model.transformer.layers[0].mlp.register_forward_pre_hook(lambda module, args: None)
-    try:
-        hooked = torch_executor(model, max_num_tokens=9, block_size=4)
-        assert packed.packed_weights is not None and hooked.packed_weights is None
-        requests = [Request(str(i), p, params) for i, p in enumerate(prompts)]
-        assert tokens(collect(hooked, requests)) == tokens(collect(packed, requests))
-    finally:
-        handle.remove()
+    requests = [Request(str(i), p, params) for i, p in enumerate(prompts)]
+    plain = tokens(collect(torch_executor(model, max_num_tokens=9, block_size=4), requests))
+    assert tokens(collect(torch_executor(own, max_num_tokens=9, block_size=4), requests)) == plain
+    assert own.transformer.layers[0].mlp.gate.calls > 0
 
 
 def test_packed_forward_is_bit_identical_to_the_module_forward(models):
@@ -252,17 +263,16 @@ def test_packed_forward_is_bit_identical_to_the_module_forward(models):
         want = model(ids[None], cache.positions(19), cache)[0]
 
         class Dense:
-            def attend(self, layer, q, kv):  # the static cache in token-major layout: q (T, Hq, D), kv (T, 2, Hkv, D)
-                k, v = (t.transpose(0, 1)[None] for t in kv.unbind(1))
-                return cache(layer, q.transpose(0, 1)[None], k, v)[0].transpose(0, 1)
+            def attend(self, layer, q, kv):  # the static cache for one packed row: q (T, Hq, D), kv (T, 2, Hkv, D)
+                return cache.attend(layer, q[None], kv[None])[0]
 
         cache.begin(19)
         got = model.forward_packed(ids, torch.arange(19), Dense())
     assert torch.equal(got, want)
 
 
-@pytest.mark.parametrize("kv_dtype, bound", [("int8", 0.1), ("fp8", 0.25)])
-def test_quantized_kv_storage_stays_close_to_the_float_path(models, kv_dtype, bound):
+@pytest.mark.parametrize("kv_format, bound", [("int8", 0.1), ("fp8", 0.25)])
+def test_quantized_kv_storage_stays_close_to_the_float_path(models, kv_format, bound):
     model = models["tiny-gqa5"]
     prompts = prompts_for(model, (40, 33, 57), seed=0)
 
@@ -273,7 +283,7 @@ def test_quantized_kv_storage_stays_close_to_the_float_path(models, kv_dtype, bo
         return torch.stack([seen[str(i)][0] for i in range(len(prompts))]), ex
 
     ref, _ = first_logits()
-    got, ex = first_logits(kv_dtype=kv_dtype, kv_scales=calibrate_kv_scales(model, prompts, kv_dtype))
+    got, ex = first_logits(kv_format=kv_format, kv_scales=calibrate_kv_scales(model, prompts, kv_format))
     assert ex.cache.kv.element_size() == 1
     err = (got - ref).abs().max().item()
     assert 1e-5 < err < bound * ref.std().item()  # quantized for real, and close
@@ -293,22 +303,29 @@ def test_create_executor_names(models):
 
 
 def test_a_quantized_models_kv_format_is_stored_quantized_for_real():
-    """A model carrying `kv_cache_quant` (a quantized checkpoint) gets fp8 pools with its scales, and
-    the model's K/V rounding hook leaves the quantizing to the cache: same tokens as asking for it."""
-    from fathom.build.quant.config import QuantAlgo
-    from fathom.runtime.quant_linear import install_kv_cache_quant
+    """A model built with `kv_quant` (a quantized checkpoint's KV format) gets fp8 pools with its
+    scales: the same tokens as asking a plain model's executor for them, and as the reference
+    executor, whose static cache rounds K/V to the format and keeps float32."""
+    from fathom.build.precision import KvCacheFormat
+    from fathom.build.quant.kv_cache import KVCacheQuant
+    from fathom.runtime.loader import native_tensors_from_hf
+    from fathom.runtime.model import Qwen2Model
 
-    model = load_model(resolve_model("random:tiny"), "float32", "cpu", max_seq_len=128)
-    plain = load_model(resolve_model("random:tiny"), "float32", "cpu", max_seq_len=128)
-    scales = {i: torch.tensor([0.02 * (i + 1)]) for i in range(model.cfg.num_hidden_layers)}
-    install_kv_cache_quant(model, scales, QuantAlgo.FP8)
+    src = resolve_model("random:tiny")
+    kv_quant = KVCacheQuant(KvCacheFormat.FP8, torch.tensor([0.02, 0.04]))
+    model = Qwen2Model.from_tensors(src.config, native_tensors_from_hf(src), torch.float32, "cpu", 128,
+                                    kv_quant=kv_quant)
+    plain = load_model(src, "float32", "cpu", max_seq_len=128)
     prompts = prompts_for(model, (21, 9), seed=9)
     params = SamplingParams(max_new_tokens=10)
     adopted = torch_executor(model, max_num_tokens=8, block_size=4)
-    assert adopted.describe()["kv_cache_dtype"] == "float8_e4m3fn" and adopted.packed_weights is None
-    explicit = torch_executor(plain, max_num_tokens=8, block_size=4, kv_dtype="fp8", kv_scales=(0.02, 0.04))
+    assert adopted.describe()["kv_cache_dtype"] == "float8_e4m3fn"
+    explicit = torch_executor(plain, max_num_tokens=8, block_size=4, kv_format="fp8", kv_scales=(0.02, 0.04))
     requests = [Request(str(i), p, params) for i, p in enumerate(prompts)]
     assert tokens(collect(adopted, requests)) == tokens(collect(explicit, requests))
+    check_against_reference(model, prompts, params, torch_executor(model, max_num_tokens=8, block_size=4))
+    unquantized = torch_executor(model, max_num_tokens=8, block_size=4, kv_format="model")
+    assert unquantized.describe()["kv_cache_dtype"] == "float32"
 
 
 def test_gpu_check_script_runs_its_whole_code_path_in_smoke_mode(tmp_path):
@@ -331,7 +348,7 @@ def test_gpu_check_script_runs_its_whole_code_path_in_smoke_mode(tmp_path):
 def test_cuda_graph_bucketing_pads_with_null_rows_without_changing_logits(models):
     """CudaGraphDecoder's padding, context buckets and static buffers, replayed eagerly on the CPU
     (the capture itself needs CUDA): the same logits as the plain path, step for step."""
-    from fathom.runtime.torch_executor import CudaGraphDecoder
+    from fathom.runtime.cuda_graphs import CudaGraphDecoder
 
     class EagerReplay(CudaGraphDecoder):
         def _capture(self, b, S):
@@ -349,10 +366,10 @@ def test_cuda_graph_bucketing_pads_with_null_rows_without_changing_logits(models
     for graphs in (False, True):
         ex = torch_executor(model, max_num_tokens=64, max_num_seqs=3, block_size=8)
         if graphs:
-            ex.graphs = EagerReplay(ex._run_model, ex.attn, 3, ex.max_seq_len, ex.device)
+            ex.runner.graphs = EagerReplay(ex.runner.run_model, ex.runner.attn, 3, ex.max_seq_len, ex.device)
         seen = record_logits(ex)
         runs.append((tokens(collect(ex, requests)), seen, ex))
     (plain, plain_logits, _), (graphed, graph_logits, ex) = runs
     assert graphed == plain
     assert_close_logits(graph_logits, plain_logits, tol=1e-5)
-    assert (4, 256) in ex.graphs.graphs  # 3 sequences padded to the batch bucket 4, contexts to 256
+    assert (4, 256) in ex.runner.graphs.graphs  # 3 sequences padded to the batch bucket 4, contexts to 256

@@ -3,8 +3,9 @@
 Per linear module (TRT-LLM names; `mlp.gate` reads the same input as `mlp.fc` and shares its
 statistics): the input amax (FP8 `activation_scaling_factor`), the per-channel mean |x| and a fixed
 sample of input rows (the AWQ scale search), and the weight amax (the FP8 scale shared by fc/gate).
-Per layer: the amax of K (after RoPE) and V as they would be written to the KV cache, observed by
-an attention backend that wraps plain causal attention.
+Per layer: the amax of K (after RoPE) and V as they would be written to the KV cache. Both are
+explicit observers handed to the forward: the linear inputs by `Qwen2Model.weights(observer)`, K/V
+by the attention backend (`CausalAttention(observer=KVAmax)`).
 
 Deterministic: sequences come from `load_token_set` (seeded), the AWQ rows are drawn by a seeded
 generator, and each sequence runs alone (batch 1, no padding), in order.
@@ -17,10 +18,13 @@ import sys
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
-from .config import LAYER_LINEARS, QuantAlgo, QuantConfig
+from fathom.build.errors import ConfigError
+from fathom.build.precision import KvCacheFormat, QuantAlgo
+
+from .config import LAYER_LINEARS, QuantConfig
 from .fp8 import amax as tensor_amax
+from .kv_cache import KVAmax
 
 SHARED_INPUT = {"mlp.gate": "mlp.fc"}  # module suffix -> the module whose input it reads
 
@@ -81,21 +85,29 @@ def needs_calibration(qcfg: QuantConfig) -> bool:
     return qcfg.kv_cache_quant_algo is not None or qcfg.quant_algo in (QuantAlgo.FP8, QuantAlgo.W4A16_AWQ)
 
 
-class _KVObserver:
-    """Attention backend: records K/V amax per layer, then plain causal attention (one sequence, no cache)."""
+class _LinearInputs:
+    """Linear observer (`Qwen2Model.weights(observer)`): input statistics of the modules in `linears`
+    (the others share an owner's input), plus the input rows at `picked` of the current sequence."""
 
-    def __init__(self, num_layers: int):
-        self.k_amax = [0.0] * num_layers
-        self.v_amax = [0.0] * num_layers
+    def __init__(self, linears: dict[str, LinearStats]):
+        self.linears = linears
+        self.picked: torch.Tensor | None = None
 
-    def __call__(self, layer: int, q, k, v):
-        self.k_amax[layer] = max(self.k_amax[layer], float(tensor_amax(k)))
-        self.v_amax[layer] = max(self.v_amax[layer], float(tensor_amax(v)))
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    def __call__(self, name: str, x: torch.Tensor) -> None:
+        s = self.linears.get(name)
+        if s is None:
+            return
+        x = x.reshape(-1, x.shape[-1])  # (T, in)
+        s.amax = max(s.amax, float(tensor_amax(x)))
+        part = x.abs().sum(dim=0, dtype=torch.float64).cpu()
+        s.abs_sum = part if s.abs_sum is None else s.abs_sum + part
+        s.tokens += x.shape[0]
+        if self.picked is not None and self.picked.numel():
+            s.rows.append(x[self.picked].float().cpu())
 
 
 def _observed_modules(model) -> dict[str, torch.nn.Module]:
-    owners = {s for s in LAYER_LINEARS if s not in SHARED_INPUT}
+    owners = [s for s in LAYER_LINEARS if s not in SHARED_INPUT]
     names = [f"transformer.layers.{i}.{s}" for i in range(model.cfg.num_hidden_layers) for s in owners]
     return {name: model.get_submodule(name) for name in names + ["lm_head"]}
 
@@ -106,42 +118,46 @@ def calibrate_model(model, sequences: list[list[int]], config: CalibConfig, sour
     """Run `model` (fathom.runtime.model.Qwen2Model) over `sequences` and return the statistics."""
     from tqdm import tqdm
 
-    modules = _observed_modules(model)
-    linears = {name: LinearStats(m.in_features) for name, m in modules.items()}
+    from fathom.runtime.model import CausalAttention
+
+    linears = {name: LinearStats(m.in_features) for name, m in _observed_modules(model).items()}
     weight_amax = {name: float(tensor_amax(m.weight)) for name, m in model.named_modules()
                    if isinstance(m, torch.nn.Linear)}
-    observer = _KVObserver(model.cfg.num_hidden_layers)
+    inputs = _LinearInputs(linears)
+    weights = model.weights(observer=inputs)
+    kv = KVAmax(model.cfg.num_hidden_layers)
+    attn = CausalAttention(model.kv_quant, observer=kv)
     gen = torch.Generator().manual_seed(config.seed)
     rows_per_seq = math.ceil(config.awq_rows / len(sequences)) if config.awq_rows else 0
-    picked: list[torch.Tensor] = []  # row indices of the current sequence, shared by all modules
-
-    def hook(name):
-        def record(module, args):
-            x = args[0].reshape(-1, args[0].shape[-1])  # (T, in)
-            s = linears[name]
-            s.amax = max(s.amax, float(tensor_amax(x)))
-            part = x.abs().sum(dim=0, dtype=torch.float64).cpu()
-            s.abs_sum = part if s.abs_sum is None else s.abs_sum + part
-            s.tokens += x.shape[0]
-            if rows_per_seq and picked[0].numel():
-                s.rows.append(x[picked[0]].float().cpu())
-        return record
-
-    handles = [m.register_forward_pre_hook(hook(name)) for name, m in modules.items()]
-    try:
-        for ids in tqdm(sequences, desc="calibrate", unit="seq", disable=not progress, file=sys.stderr):
-            T = len(ids)
-            picked[:] = [torch.randperm(T, generator=gen)[:rows_per_seq].sort().values.to(model.device)]
-            input_ids = torch.tensor([ids], device=model.device)
-            model(input_ids, torch.arange(T, device=model.device)[None], observer)
-    finally:
-        for h in handles:
-            h.remove()
+    for ids in tqdm(sequences, desc="calibrate", unit="seq", disable=not progress, file=sys.stderr):
+        T = len(ids)
+        picked = torch.randperm(T, generator=gen)[:rows_per_seq].sort().values.to(model.device)
+        inputs.picked = picked if rows_per_seq else None
+        input_ids = torch.tensor([ids], device=model.device)
+        model(input_ids, torch.arange(T, device=model.device)[None], attn, weights=weights)
     for s in linears.values():
         if s.rows:
             s.rows = [torch.cat(s.rows)[: config.awq_rows]]
-    return CalibStats(linears, weight_amax, observer.k_amax, observer.v_amax, source, len(sequences),
+    return CalibStats(linears, weight_amax, kv.k_amax, kv.v_amax, source, len(sequences),
                       sum(len(s) for s in sequences), config)
+
+
+@torch.inference_mode()
+def calibrate_kv_scales(model, sequences: list[list[int]], kv_format: KvCacheFormat | str) -> tuple[float, ...]:
+    """Per-layer kv_cache_scaling_factor for `kv_format` (fp8 or int8) from the K/V amax of
+    `sequences`, each run alone without a cache, by the quantizer's rule (`kv_cache_scale`)."""
+    from fathom.runtime.model import CausalAttention
+
+    kv_format = KvCacheFormat.parse(kv_format, "kv_format")
+    if not kv_format.quantized:
+        raise ConfigError(f"kv_format {kv_format.value!r}: only fp8 and int8 take scales")
+    kv = KVAmax(model.cfg.num_hidden_layers)
+    attn = CausalAttention(model.kv_quant, observer=kv)
+    weights = model.weights()
+    for ids in sequences:
+        model(torch.tensor([ids], device=model.device), torch.arange(len(ids), device=model.device)[None], attn,
+              weights=weights)
+    return kv.scales(kv_format)
 
 
 def run_calibration(source, config: CalibConfig, device: str | None = None, dtype: str | None = None,

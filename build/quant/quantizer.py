@@ -22,11 +22,12 @@ import torch
 from fathom.build.config import ModelConfig
 from fathom.build.errors import ConfigError, WeightsError
 from fathom.build.layout import TensorSpec
+from fathom.build.precision import QuantAlgo
 from fathom.build.tp_split import ShardKind
 
 from .awq import quantize_linear_awq
 from .calibrate import CalibStats
-from .config import QuantAlgo, QuantConfig, linear_dims, linear_modules
+from .config import QuantConfig, linear_dims, linear_modules
 from .fp8 import amax, quantize_linear_fp8
 from .kv_cache import kv_cache_scale
 
