@@ -29,12 +29,12 @@ from .mapping import Mapping
 from .safetensors_io import SafetensorsWriter, WriteBehind, encode_header
 from .sources import ModelSource
 from .tp_split import split_shards
-from .precision import torch_dtype
+from .precision import DTYPES, torch_dtype
 from .transform import CastTransform, TensorTransform, checkpoint_specs
 from .weight_map import IGNORED_HF_SUFFIXES, hf_shapes, trtllm_sources
 from .weights import check_finite, check_tensors
 
-DTYPE_CHOICES = ("auto", "bfloat16", "float16", "float32")
+DTYPE_CHOICES = ("auto", *DTYPES)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
                    "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json",
                    "generation_config.json")

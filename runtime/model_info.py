@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fathom.build.config import DEFAULT_MAX_SEQ_LEN
-from fathom.build.precision import DTYPE_BYTES
+from fathom.build.precision import DTYPE_BYTES, KvCacheFormat
 from fathom.build.sources import resolve_model
 
 
@@ -11,6 +11,8 @@ def model_info(spec: str) -> dict:
     source = resolve_model(spec)
     cfg = source.config
     params = cfg.num_params()
+    kv_per_token = {"bfloat16": cfg.kv_bytes_per_token(KvCacheFormat.MODEL.bytes_per_element("bfloat16")),
+                    "fp8": cfg.kv_bytes_per_token(KvCacheFormat.FP8.bytes_per_element("bfloat16"))}
     data = {
         "model": spec,
         "kind": source.kind,
@@ -19,9 +21,8 @@ def model_info(spec: str) -> dict:
         "parameters": params,
         "parameters_b": round(params / 1e9, 3),
         "weight_bytes": {d: params * DTYPE_BYTES[d] for d in ("float32", "bfloat16")},
-        "kv_bytes_per_token": {"bfloat16": cfg.kv_bytes_per_token(2), "fp8": cfg.kv_bytes_per_token(1)},
-        "kv_bytes_per_16k_sequence": {"bfloat16": cfg.kv_bytes_per_token(2) * DEFAULT_MAX_SEQ_LEN,
-                                      "fp8": cfg.kv_bytes_per_token(1) * DEFAULT_MAX_SEQ_LEN},
+        "kv_bytes_per_token": kv_per_token,
+        "kv_bytes_per_16k_sequence": {k: v * DEFAULT_MAX_SEQ_LEN for k, v in kv_per_token.items()},
         "tokenizer": str(source.tokenizer_dir) if source.tokenizer_dir else None,
     }
     if source.kind in ("checkpoint", "engine"):

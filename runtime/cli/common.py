@@ -8,6 +8,7 @@ import sys
 import click
 
 from fathom.build.config import DEFAULT_MAX_SEQ_LEN
+from fathom.build.precision import DTYPES
 
 
 def emit_json(obj) -> None:
@@ -28,7 +29,7 @@ def runtime_options(f):
     options = [
         click.option("--executor", type=click.Choice(EXECUTORS), default="auto", show_default=True,
                      envvar="FATHOM_EXECUTOR", help="auto: trtllm for an engine dir, torch otherwise."),
-        click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
+        click.option("--dtype", type=click.Choice(["auto", *DTYPES]), default="auto",
                      show_default=True, help="auto: bfloat16 on CUDA, float32 on CPU."),
         click.option("--device", default=None, envvar="FATHOM_DEVICE", help="cpu, cuda, cuda:1 (default: cuda if available)."),
         click.option("--tokenizer", type=click.Path(file_okay=False), default=None,

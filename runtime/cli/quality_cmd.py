@@ -6,6 +6,8 @@ import sys
 
 import click
 
+from fathom.build.precision import DTYPES
+
 from .common import emit_json, json_option
 
 
@@ -21,7 +23,7 @@ from .common import emit_json, json_option
 @click.option("--task-problems", type=click.IntRange(0), default=64, show_default=True,
               help="Held-out demo problems answered greedily by both models (0: skip).")
 @click.option("--max-new-tokens", type=click.IntRange(1), default=96, show_default=True)
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
+@click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True)
 @click.option("--device", default=None, help="cpu, cuda (default: cuda if available).")
 @click.option("--tokenizer", type=click.Path(file_okay=False), default=None, help="Tokenizer dir if BASE has none.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
