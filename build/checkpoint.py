@@ -22,7 +22,8 @@ from .errors import CheckpointError, ConfigError
 from .layout import RankPlan, TensorSpec, plan_ranks
 from .mapping import Mapping
 from .precision import KvCacheFormat, WeightFormat
-from .tp_split import ShardKind, merge_shards
+from .mapping import ShardKind
+from .tp_split import merge_shards
 from .precision import DTYPES, torch_dtype
 from .quant.config import QuantConfig
 from .transform import checkpoint_specs, transform_for

@@ -96,6 +96,12 @@ class ModelConfig:
         return (self.embedding_param_count() + lm_head + self.hidden_size
                 + self.num_hidden_layers * self.layer_param_count())
 
+    def linear_dims(self) -> dict[str, tuple[int, int]]:
+        """(out_features, in_features) of each linear, unsharded, by TRT-LLM module name suffix."""
+        h, i = self.hidden_size, self.intermediate_size
+        return {"attention.qkv": (self.q_size + 2 * self.kv_size, h), "attention.dense": (h, self.q_size),
+                "mlp.fc": (i, h), "mlp.gate": (i, h), "mlp.proj": (h, i), "lm_head": (self.vocab_size, h)}
+
     def kv_bytes_per_token(self, dtype_bytes: int = 2) -> int:
         return 2 * self.num_hidden_layers * self.kv_size * dtype_bytes
 

@@ -19,9 +19,8 @@ import torch
 
 from .config import ModelConfig
 from .errors import CheckpointError
-from .mapping import Mapping, RankInfo
+from .mapping import Mapping, RankInfo, ShardKind, kind_of, shard_shape
 from .safetensors_io import PlannedEntry
-from .tp_split import ShardKind, kind_of, shard_shape
 from .weight_map import trtllm_shapes
 
 LAYER_RE = re.compile(r"^transformer\.layers\.(\d+)\.")

@@ -12,6 +12,7 @@ Mappings TRT-LLM cannot build are refused here, before anything is written.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 from .config import ModelConfig
 from .errors import ConfigError
@@ -77,16 +78,16 @@ class Mapping:
         """KV heads on each tp rank; below tp_size heads are duplicated (TRT-LLM Attention: ceil(kv / tp))."""
         return max(num_kv_heads // self.tp_size, 1)
 
-    def qkv_rows(self, cfg: ModelConfig) -> tuple[int, int]:
-        """(q rows, k-or-v rows) of one tp rank's fused qkv projection."""
-        return cfg.q_size // self.tp_size, self.kv_heads_per_rank(cfg.num_key_value_heads) * cfg.head_dim
+    def qkv_rows(self, cfg: ModelConfig, unit: int = 1) -> tuple[int, int]:
+        """(q rows, k-or-v rows) of one tp rank's fused qkv projection; `unit` output rows per stored
+        row (2: int4 packed)."""
+        kv_rows = self.kv_heads_per_rank(cfg.num_key_value_heads) * cfg.head_dim
+        return cfg.q_size // self.tp_size // unit, kv_rows // unit
 
     def linear_shapes(self, cfg: ModelConfig) -> list[tuple[int, int]]:
-        """(out, in) of one layer's linears on one tp rank: attention.qkv, attention.dense, mlp.fc,
-        mlp.gate (column-split), mlp.proj (row-split)."""
-        q, kv = self.qkv_rows(cfg)
-        h, i = cfg.hidden_size, cfg.intermediate_size // self.tp_size
-        return [(q + 2 * kv, h), (h, q), (i, h), (i, h), (h, i)]
+        """(out, in) of one layer's linears on one tp rank, in LAYER_LINEARS order."""
+        dims = cfg.linear_dims()
+        return [shard_shape(kind_of(f"{s}.weight"), dims[s], self.tp_size, cfg) for s in LAYER_LINEARS]
 
     def to_dict(self) -> dict[str, int]:
         """The `mapping` block of config.json (Mapping.from_dict(d) = Mapping(**d) in TRT-LLM)."""
@@ -122,3 +123,53 @@ class Mapping:
             raise ConfigError(f"{what}: intermediate_size ({cfg.intermediate_size}) is not divisible by tp ({tp})")
         if pp > cfg.num_hidden_layers:
             raise ConfigError(f"{what}: more pipeline stages ({pp}) than layers ({cfg.num_hidden_layers})")
+
+
+class ShardKind(Enum):
+    REPLICATED = "replicated"  # norms, embedding (use_parallel_embedding = false), per-tensor scales
+    COLUMN = "column"  # output features split: mlp.fc, mlp.gate
+    ROW = "row"  # input features split: attention.dense, mlp.proj
+    QKV = "qkv"  # q, k, v split separately, KV heads duplicated below tp
+    QKV_INT4 = "qkv_int4"  # int4-packed qkv weight (two output rows per byte): the QKV rule on half rows
+    VOCAB = "vocab"  # lm_head: rows padded to a multiple of tp, then split like COLUMN
+
+    @property
+    def rows_per_stored_row(self) -> int:
+        """Output rows held by one stored row: 2 for an int4-packed qkv weight, else 1."""
+        return 2 if self is ShardKind.QKV_INT4 else 1
+
+
+# Suffix of an unsharded TRT-LLM tensor name -> how it is split (anything else is replicated).
+KIND_BY_SUFFIX = {
+    "attention.qkv.weight": ShardKind.QKV,
+    "attention.qkv.bias": ShardKind.QKV,
+    "attention.dense.weight": ShardKind.ROW,
+    "mlp.fc.weight": ShardKind.COLUMN,  # HF gate_proj
+    "mlp.gate.weight": ShardKind.COLUMN,  # HF up_proj
+    "mlp.proj.weight": ShardKind.ROW,
+    "lm_head.weight": ShardKind.VOCAB,
+}
+
+
+def kind_of(name: str) -> ShardKind:
+    for suffix, kind in KIND_BY_SUFFIX.items():
+        if name.endswith(suffix):
+            return kind
+    return ShardKind.REPLICATED
+
+
+# The linears of one decoder layer (TRT-LLM module name suffixes), in computation order.
+LAYER_LINEARS = ("attention.qkv", "attention.dense", "mlp.fc", "mlp.gate", "mlp.proj")
+
+
+def shard_shape(kind: ShardKind, shape: tuple[int, ...], tp: int, cfg: ModelConfig) -> tuple[int, ...]:
+    """Shape of each tp rank's piece of an unsharded tensor of `shape` (all ranks get the same shape)."""
+    if kind is ShardKind.REPLICATED or tp == 1:
+        return tuple(shape)
+    if kind in (ShardKind.QKV, ShardKind.QKV_INT4):
+        q_rows, kv_rows = Mapping(tp_size=tp).qkv_rows(cfg, kind.rows_per_stored_row)
+        return (q_rows + 2 * kv_rows, *shape[1:])
+    if kind is ShardKind.ROW:
+        return (shape[0], shape[1] // tp, *shape[2:])
+    rows = -(-shape[0] // tp) if kind is ShardKind.VOCAB else shape[0] // tp
+    return (rows, *shape[1:])

@@ -13,64 +13,11 @@ The rules are TensorRT-LLM's (v1.2.x), read from:
 
 from __future__ import annotations
 
-from enum import Enum
-
 import torch
 import torch.nn.functional as F
 
 from .config import ModelConfig
-from .mapping import Mapping
-
-
-class ShardKind(Enum):
-    REPLICATED = "replicated"  # norms, embedding (use_parallel_embedding = false), per-tensor scales
-    COLUMN = "column"  # output features split: mlp.fc, mlp.gate
-    ROW = "row"  # input features split: attention.dense, mlp.proj
-    QKV = "qkv"  # q, k, v split separately, KV heads duplicated below tp
-    QKV_INT4 = "qkv_int4"  # int4-packed qkv weight (two output rows per byte): the QKV rule on half rows
-    VOCAB = "vocab"  # lm_head: rows padded to a multiple of tp, then split like COLUMN
-
-
-# Suffix of an unsharded TRT-LLM tensor name -> how it is split (anything else is replicated).
-KIND_BY_SUFFIX = {
-    "attention.qkv.weight": ShardKind.QKV,
-    "attention.qkv.bias": ShardKind.QKV,
-    "attention.dense.weight": ShardKind.ROW,
-    "mlp.fc.weight": ShardKind.COLUMN,  # HF gate_proj
-    "mlp.gate.weight": ShardKind.COLUMN,  # HF up_proj
-    "mlp.proj.weight": ShardKind.ROW,
-    "lm_head.weight": ShardKind.VOCAB,
-}
-
-
-def kind_of(name: str) -> ShardKind:
-    for suffix, kind in KIND_BY_SUFFIX.items():
-        if name.endswith(suffix):
-            return kind
-    return ShardKind.REPLICATED
-
-
-def _qkv_rows(cfg: ModelConfig, tp: int, unit: int = 1) -> tuple[int, int]:
-    """(q rows, k-or-v rows) of one rank's qkv shard; `unit` output rows per stored row (2: int4 packed)."""
-    q_rows, kv_rows = Mapping(tp_size=tp).qkv_rows(cfg)
-    return q_rows // unit, kv_rows // unit
-
-
-def _rows_per_stored_row(kind: ShardKind) -> int:
-    return 2 if kind is ShardKind.QKV_INT4 else 1
-
-
-def shard_shape(kind: ShardKind, shape: tuple[int, ...], tp: int, cfg: ModelConfig) -> tuple[int, ...]:
-    """Shape of each tp rank's piece of an unsharded tensor of `shape` (all ranks get the same shape)."""
-    if kind is ShardKind.REPLICATED or tp == 1:
-        return tuple(shape)
-    if kind in (ShardKind.QKV, ShardKind.QKV_INT4):
-        q_rows, kv_rows = _qkv_rows(cfg, tp, _rows_per_stored_row(kind))
-        return (q_rows + 2 * kv_rows, *shape[1:])
-    if kind is ShardKind.ROW:
-        return (shape[0], shape[1] // tp, *shape[2:])
-    rows = -(-shape[0] // tp) if kind is ShardKind.VOCAB else shape[0] // tp
-    return (rows, *shape[1:])
+from .mapping import Mapping, ShardKind
 
 
 def _dup_kv_heads(t: torch.Tensor, num_kv_heads: int, reps: int) -> torch.Tensor:
@@ -85,7 +32,7 @@ def split_shards(kind: ShardKind, t: torch.Tensor, tp: int, cfg: ModelConfig) ->
     if kind is ShardKind.REPLICATED:
         return [t] * tp
     if kind in (ShardKind.QKV, ShardKind.QKV_INT4):
-        unit = _rows_per_stored_row(kind)
+        unit = kind.rows_per_stored_row
         q, k, v = t.split([cfg.q_size // unit, cfg.kv_size // unit, cfg.kv_size // unit], dim=0)
         kv = cfg.num_key_value_heads
         if kv < tp:
@@ -106,7 +53,7 @@ def merge_shards(kind: ShardKind, shards: list[torch.Tensor], cfg: ModelConfig,
     if kind is ShardKind.REPLICATED or tp == 1:
         return shards[0]
     if kind in (ShardKind.QKV, ShardKind.QKV_INT4):
-        q_rows, kv_rows = _qkv_rows(cfg, tp, _rows_per_stored_row(kind))
+        q_rows, kv_rows = Mapping(tp_size=tp).qkv_rows(cfg, kind.rows_per_stored_row)
         parts = [s.split([q_rows, kv_rows, kv_rows], dim=0) for s in shards]
         q, k, v = (torch.cat([p[i] for p in parts], dim=0) for i in range(3))
         kv = cfg.num_key_value_heads

@@ -16,7 +16,8 @@ from fathom.build.mapping import Mapping
 from fathom.build.safetensors_io import PlannedEntry, SafetensorsWriter, WriteBehind
 from fathom.build.sources import resolve_model
 from fathom.build.synthetic import write_hf_dir
-from fathom.build.tp_split import ShardKind, kind_of, merge_shards, shard_shape, split_shards
+from fathom.build.mapping import ShardKind, kind_of, shard_shape
+from fathom.build.tp_split import merge_shards, split_shards
 from fathom.build.quant.config import QuantConfig
 from fathom.build.weights import SafetensorsDir, count_nonfinite
 

@@ -16,7 +16,8 @@ from fathom.build.quant.calibrate import CalibConfig, run_calibration
 from fathom.build.quant.config import make_quant_config
 from fathom.build.quant.quantizer import QuantTransform
 from fathom.build.sources import resolve_model
-from fathom.build.tp_split import ShardKind, split_shards
+from fathom.build.mapping import ShardKind
+from fathom.build.tp_split import split_shards
 from fathom.build.verify import verify_checkpoint
 from fathom.build.weights import SafetensorsDir
 from fathom.runtime.cli import main

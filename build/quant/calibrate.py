@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 import torch
 
 from fathom.build.errors import ConfigError
+from fathom.build.mapping import LAYER_LINEARS
 from fathom.build.precision import KvCacheFormat, QuantAlgo
 
-from .config import LAYER_LINEARS, QuantConfig
+from .config import QuantConfig
 from .fp8 import amax as tensor_amax
 from .kv_cache import KVAmax
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from fathom.build.config import ModelConfig, read_json
 from fathom.build.errors import ConfigError
+from fathom.build.mapping import LAYER_LINEARS, ShardKind, kind_of
 from fathom.build.precision import DEFAULT_GROUP_SIZE, KvCacheFormat, QuantAlgo, WeightFormat
 
 WEIGHT_ALGOS = tuple(f.quant_algo for f in WeightFormat if f.quantized)
@@ -26,32 +27,21 @@ TRTLLM_KEYS = ("quant_algo", "kv_cache_quant_algo", "group_size", "has_zero_poin
 EMBEDDING_MODULE = "transformer.vocab_embedding"
 DEFAULT_EXCLUDE = ("lm_head",)
 
-# Linear modules of layer {}: TRT-LLM name suffix -> tensor-parallel style.
-# Column-parallel splits the output dim (qkv per q/k/v part), row-parallel the input dim.
-LAYER_LINEARS = {
-    "attention.qkv": "column",
-    "attention.dense": "row",
-    "mlp.fc": "column",
-    "mlp.gate": "column",
-    "mlp.proj": "row",
-}
 
 
 def linear_modules(cfg: ModelConfig) -> dict[str, str]:
-    """Every linear module of the model (TRT-LLM names) -> "column" | "row"."""
-    out = {f"transformer.layers.{i}.{suffix}": style
-           for i in range(cfg.num_hidden_layers) for suffix, style in LAYER_LINEARS.items()}
+    """Every linear module of the model (TRT-LLM names) -> "column" | "row" (tensor-parallel style:
+    column-parallel splits the output dim, qkv per q/k/v part; row-parallel the input dim)."""
+    style = {s: "row" if kind_of(f"{s}.weight") is ShardKind.ROW else "column" for s in LAYER_LINEARS}
+    out = {f"transformer.layers.{i}.{suffix}": style[suffix]
+           for i in range(cfg.num_hidden_layers) for suffix in LAYER_LINEARS}
     out["lm_head"] = "column"
     return out
 
 
 def linear_dims(cfg: ModelConfig, module: str) -> tuple[int, int]:
     """(out_features, in_features) of a linear module, unsharded."""
-    h, i = cfg.hidden_size, cfg.intermediate_size
-    suffix = module.split(".", 3)[-1] if module.startswith("transformer.layers.") else module
-    dims = {"attention.qkv": (cfg.q_size + 2 * cfg.kv_size, h), "attention.dense": (h, cfg.q_size),
-            "mlp.fc": (i, h), "mlp.gate": (i, h), "mlp.proj": (h, i), "lm_head": (cfg.vocab_size, h)}
-    return dims[suffix]
+    return cfg.linear_dims()[module.split(".", 3)[-1] if module.startswith("transformer.layers.") else module]
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from fathom.build.config import ModelConfig
 from fathom.build.errors import ConfigError, WeightsError
 from fathom.build.layout import TensorSpec
 from fathom.build.precision import QuantAlgo
-from fathom.build.tp_split import ShardKind
+from fathom.build.mapping import ShardKind
 
 from .awq import quantize_linear_awq
 from .calibrate import CalibStats
