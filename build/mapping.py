@@ -1,4 +1,5 @@
-"""Tensor/pipeline parallel mapping: rank numbering and layer ranges, as TensorRT-LLM computes them.
+"""Tensor/pipeline parallel layout: rank numbering, layer ranges, shard kinds and per-rank shapes,
+as TensorRT-LLM computes them (the split/merge of tensor data is in `tp_split`).
 
 Rules taken from NVIDIA/TensorRT-LLM (v1.2.x) `tensorrt_llm/mapping.py`:
 - rank N = pp_rank * tp_size + tp_rank (MpiTopology: tp_rank = rank % tp, pp_rank = rank // tp, cp = 1);
@@ -6,6 +7,8 @@ Rules taken from NVIDIA/TensorRT-LLM (v1.2.x) `tensorrt_llm/mapping.py`:
   when num_layers % pp_size = n != 0, the first n pp ranks get one extra layer;
 - the first pp rank holds the embedding, the last holds ln_f and lm_head
   (`tensorrt_llm/models/qwen/model.py`, QWenModel / QWenForCausalLM).
+- shard kinds per tensor and their per-rank shapes follow `tensorrt_llm/models/qwen/convert.py`
+  (see `tp_split`); KV heads below tp are duplicated (ceil(kv / tp) per rank, `layers/attention.py`).
 Mappings TRT-LLM cannot build are refused here, before anything is written.
 """
 
