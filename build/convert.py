@@ -239,7 +239,9 @@ def convert(source: ModelSource, out: str | Path, options: ConvertOptions = Conv
         write_manifest(tmp, manifest)
     seconds = time.perf_counter() - t0
     total = sum(r["bytes"] for r in ranks)
-    return {"out": str(out.absolute()), "dtype": plan.dtype, "mapping": plan.mapping.to_dict(),
+    qcfg = plan.transform.qcfg
+    return {"out": str(out.absolute()), "dtype": plan.dtype, "precision": qcfg.weights(plan.dtype).value,
+            "kv_cache": qcfg.kv_cache.value, "mapping": plan.mapping.to_dict(),
             "max_seq_len": plan.max_seq_len, "quantization": manifest["quantization"], "ranks": ranks,
             "total_bytes": total, "seconds": round(seconds, 3),
             "write_mb_per_s": round(total / 1e6 / seconds, 1) if seconds > 0 else None,

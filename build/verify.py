@@ -44,6 +44,8 @@ def inspect_path(path: str | Path) -> dict[str, Any]:
         "path": str(path.absolute()),
         "architecture": ckpt.raw["architecture"],
         "dtype": ckpt.dtype,
+        "precision": ckpt.weights.value,
+        "kv_cache": ckpt.kv_cache.value,
         "quantization": ckpt.quantization.to_trtllm_dict(),
         "mapping": ckpt.mapping.to_dict(),
         "max_seq_len": ckpt.max_seq_len,

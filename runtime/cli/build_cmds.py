@@ -82,7 +82,8 @@ def convert_cmd(src, out, dtype, tp, pp, max_seq_len, force, precision, kv_cache
         emit_json(result)
         return
     m = result["mapping"]
-    click.echo(f"Wrote {result['out']}: {result['dtype']}, tp {m['tp_size']} x pp {m['pp_size']}, "
+    click.echo(f"Wrote {result['out']}: precision {result['precision']}, kv cache {result['kv_cache']}, "
+               f"dtype {result['dtype']}, tp {m['tp_size']} x pp {m['pp_size']}, "
                f"{_gb(result['total_bytes'])} in {result['seconds']:.1f} s ({result['write_mb_per_s']} MB/s)")
     for r in result["ranks"]:
         click.echo(f"  {r['file']:<20} tp {r['tp_rank']} pp {r['pp_rank']}  {_layers(r):<14} "
@@ -121,7 +122,8 @@ def inspect_cmd(path, as_json):
                f"{model['num_params'] / 1e9:.2f} B params")
     click.echo(f"  mapping: tp {m['tp_size']} x pp {m['pp_size']} = {m['world_size']} ranks; "
                f"seq_length {info['max_seq_len']}")
-    click.echo(f"  quantization: {q['quant_algo'] or 'none'} (kv cache: {q['kv_cache_quant_algo'] or 'same as dtype'})")
+    click.echo(f"  precision {info['precision']}, kv cache {info['kv_cache']} (quant_algo {q['quant_algo']}, "
+               f"kv_cache_quant_algo {q['kv_cache_quant_algo']})")
     for r in info["ranks"]:
         click.echo(f"  {r['file']:<20} tp {r['tp_rank']} pp {r['pp_rank']}  {_layers(r):<14} {_gb(r['bytes'])}")
     click.echo(f"  total: {_gb(info['total_bytes'])}")
