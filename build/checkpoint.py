@@ -154,11 +154,16 @@ class CheckpointInfo:
 
 
 def read_checkpoint(path: str | Path) -> CheckpointInfo:
+    """Config, mapping and quantization of a checkpoint dir (no weights read). A TensorRT-LLM engine
+    dir reads as the checkpoint it was built from: its config.json's `pretrained_config`."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a checkpoint directory")
     cfg_path = path / CONFIG_NAME
-    return checkpoint_info(read_json(cfg_path), path, str(cfg_path))
+    raw = read_json(cfg_path)
+    if isinstance(raw.get("pretrained_config"), dict) and "build_config" in raw:
+        raw = raw["pretrained_config"]
+    return checkpoint_info(raw, path, str(cfg_path))
 
 
 def checkpoint_info(raw: dict, path: Path, source: str) -> CheckpointInfo:
@@ -195,11 +200,10 @@ def check_rank_file(path: Path, plan: RankPlan, relative_names: bool = False) ->
     return header
 
 
-def load_native_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+def load_native_tensors(ckpt: CheckpointInfo) -> dict[str, torch.Tensor]:
     """All tensors of a checkpoint merged back to tp=1, pp=1 with global layer names (torch executor)."""
     from safetensors import safe_open
 
-    ckpt = read_checkpoint(path)
     plans = ckpt.rank_plans()
     shards: dict[str, list[tuple[int, Any, str]]] = {}  # global name -> [(tp_rank, handle, local name)]
     specs: dict[str, TensorSpec] = {}

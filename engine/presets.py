@@ -70,14 +70,9 @@ def describe_model(spec: str) -> dict:
     out = {"name": spec.partition(":")[2].partition("@")[0] if src.kind == "random" else Path(spec).name,
            "config": src.config, "precision": None, "kv_cache": None, "tp": None, "pp": None}
     if src.kind in ("checkpoint", "engine"):
-        from fathom.build.checkpoint import CONFIG_NAME, checkpoint_info, read_checkpoint
-        from fathom.build.config import read_json
+        from fathom.build.checkpoint import read_checkpoint
 
-        if src.kind == "engine":
-            source = src.path / CONFIG_NAME
-            ckpt = checkpoint_info(read_json(source)["pretrained_config"], src.path, str(source))
-        else:
-            ckpt = read_checkpoint(src.path)
+        ckpt = read_checkpoint(src.path)
         out["precision"], out["kv_cache"] = engine_formats(ckpt)
         out["tp"], out["pp"] = ckpt.mapping.tp_size, ckpt.mapping.pp_size
     return out

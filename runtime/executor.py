@@ -1,4 +1,4 @@
-"""The executor interface shared by generate, chat, bench, serve and eval.
+"""The executor interface shared by generate, chat, bench, quality and the demo.
 
 Executors know only token ids. A caller submits `Request`s, then calls `step()` until nothing is
 pending; each step returns the `TokenEvent`s produced (one token per running request per decode

@@ -45,11 +45,11 @@ def load_model(source: ModelSource, dtype: str = "float32", device: str | None =
     if source.kind in ("hf", "random"):
         tensors = native_tensors_from_hf(source, device=device)
     elif source.kind == "checkpoint":
-        from fathom.build.checkpoint import load_native_tensors
-        from fathom.build.quant.config import read_quant_config
+        from fathom.build.checkpoint import load_native_tensors, read_checkpoint
 
-        tensors = load_native_tensors(source.path)
-        qcfg = read_quant_config(source.path)
+        ckpt = read_checkpoint(source.path)
+        tensors = load_native_tensors(ckpt)
+        qcfg = ckpt.quantization
         if qcfg.quantized:
             from .quant_linear import load_quantized_model
 

@@ -26,10 +26,10 @@ def model_info(spec: str) -> dict:
         "tokenizer": str(source.tokenizer_dir) if source.tokenizer_dir else None,
     }
     if source.kind in ("checkpoint", "engine"):
-        from fathom.build.config import read_json
+        from fathom.build.checkpoint import read_checkpoint
 
-        raw = read_json(source.path / "config.json")
-        raw = raw.get("pretrained_config", raw)
-        data["quantization"] = raw.get("quantization")
-        data["mapping"] = raw.get("mapping")
+        ckpt = read_checkpoint(source.path)
+        data["precision"], data["kv_cache"] = ckpt.weights.value, ckpt.kv_cache.value
+        data["quantization"] = ckpt.quantization.to_trtllm_dict()
+        data["mapping"] = ckpt.mapping.to_dict()
     return data

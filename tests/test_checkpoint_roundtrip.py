@@ -10,7 +10,7 @@ import filecmp
 import pytest
 import torch
 
-from fathom.build.checkpoint import load_native_tensors
+from fathom.build.checkpoint import load_native_tensors, read_checkpoint
 from fathom.build.config import preset
 from fathom.build.convert import ConvertOptions, convert
 from fathom.build.sources import resolve_model
@@ -65,7 +65,7 @@ def test_checkpoint_logits_equal_hf_transformers(hf_dirs, hf_logits, tmp_path, n
 def test_merged_ranks_equal_the_unsharded_model_exactly(hf_dirs, tmp_path):
     source = resolve_model(str(hf_dirs("tiny")))
     convert(source, tmp_path / "ck", ConvertOptions(dtype="float32", tp=4, pp=2))
-    merged, ref = load_native_tensors(tmp_path / "ck"), native_tensors_from_hf(source)
+    merged, ref = load_native_tensors(read_checkpoint(tmp_path / "ck")), native_tensors_from_hf(source)
     assert set(merged) == set(ref)
     assert all(torch.equal(merged[k], ref[k]) for k in ref)
 
@@ -73,7 +73,7 @@ def test_merged_ranks_equal_the_unsharded_model_exactly(hf_dirs, tmp_path):
 def test_bf16_checkpoint_holds_each_tensor_cast_to_bf16(hf_dirs, tmp_path):
     source = resolve_model(str(hf_dirs("tiny-gqa5")))
     convert(source, tmp_path / "ck", ConvertOptions(dtype="bfloat16", tp=2, pp=2))
-    merged, ref = load_native_tensors(tmp_path / "ck"), native_tensors_from_hf(source)
+    merged, ref = load_native_tensors(read_checkpoint(tmp_path / "ck")), native_tensors_from_hf(source)
     for k, v in ref.items():
         assert merged[k].dtype == torch.bfloat16
         assert torch.equal(merged[k], v.to(torch.bfloat16)), k
@@ -91,7 +91,7 @@ def test_two_conversions_are_byte_identical(hf_dirs, tmp_path):
 def test_random_source_converts_and_loads(tmp_path):
     convert(resolve_model("random:tiny-gqa5@7"), tmp_path / "ck", ConvertOptions(dtype="float32", tp=2))
     ref = native_tensors_from_hf(resolve_model("random:tiny-gqa5@7"))
-    merged = load_native_tensors(tmp_path / "ck")
+    merged = load_native_tensors(read_checkpoint(tmp_path / "ck"))
     assert all(torch.equal(merged[k], ref[k].float()) for k in ref)
 
 

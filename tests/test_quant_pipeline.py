@@ -7,7 +7,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from fathom.build.checkpoint import load_native_tensors
+from fathom.build.checkpoint import load_native_tensors, read_checkpoint
 from fathom.build.convert import ConvertOptions, convert
 from fathom.build.errors import ConfigError
 from fathom.build.quant.awq import unpack_int4
@@ -165,8 +165,8 @@ def test_tp_pp_splits_of_quantized_tensors_merge_back_exactly(tiny, stats, tmp_p
         convert(tiny, out, ConvertOptions(dtype="float32", tp=t, pp=p),
                 transform=QuantTransform(qcfg, tiny.config, stats))
     verify_checkpoint(split)
-    full = load_native_tensors(one)
-    _assert_same_tensors(full, load_native_tensors(split))
+    full = load_native_tensors(read_checkpoint(one))
+    _assert_same_tensors(full, load_native_tensors(read_checkpoint(split)))
     # Per-tensor scales are replicated: every tp rank of a stage holds the same value.
     scale = "transformer.layers.0.attention.kv_cache_scaling_factor"
     for rank in range(tp):

@@ -1,4 +1,4 @@
-"""Quantization formats as data: the `QuantAlgo` enum and the config.json `quantization` block.
+"""Quantization formats as data: the config.json `quantization` block (`QuantConfig`) and the linear modules.
 
 The block is read by tensorrt-llm 1.2.1 as `QuantConfig(**config["quantization"])`
 (tensorrt_llm/models/modeling_utils.py, `QuantConfig.from_dict`), so an unknown key is a
@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass
-from pathlib import Path
 
-from fathom.build.config import ModelConfig, read_json
+from fathom.build.config import ModelConfig
 from fathom.build.errors import ConfigError
 from fathom.build.mapping import LAYER_LINEARS, ShardKind, kind_of
 from fathom.build.precision import DEFAULT_GROUP_SIZE, KvCacheFormat, QuantAlgo, WeightFormat
@@ -110,11 +109,6 @@ class QuantConfig:
         if excl is not None and (not isinstance(excl, list) or not all(isinstance(p, str) for p in excl)):
             raise ConfigError(f"{source}: field 'quantization.exclude_modules' = {excl!r}, expected a list of strings")
         return cls(**{k: d[k] for k in TRTLLM_KEYS if k in d}, source=f"{source}: quantization")
-
-
-def read_quant_config(checkpoint_dir: str | Path) -> QuantConfig:
-    path = Path(checkpoint_dir) / "config.json"
-    return QuantConfig.from_trtllm_dict(read_json(path).get("quantization"), source=str(path))
 
 
 def make_quant_config(cfg: ModelConfig, precision: WeightFormat | str | None = None,
