@@ -227,10 +227,12 @@ def describe_quantization(cfg: ModelConfig, modules: dict[str, QuantLinear], qcf
 
 def describe_model_precision(model) -> dict:
     """`precision` (the --precision word of a quantized model's weights; None = unquantized, named by
-    the model dtype) and `quantization` (`quant_info`) for executor descriptions."""
+    the model dtype), `kv_cache_format` (the --kv-cache word) and `quantization` (`quant_info`) for
+    executor descriptions."""
     info = model.quant_info
     algo = info["quant_algo"] if info else None
     precision = None
     if algo is not None:
         precision = WeightFormat.of_checkpoint(algo, str(model.dtype).removeprefix("torch."), "quant_info").value
-    return {"precision": precision, "quantization": info}
+    kv = KvCacheFormat.of_checkpoint(info["kv_cache_quant_algo"] if info else None, "quant_info")
+    return {"precision": precision, "kv_cache_format": kv.value, "quantization": info}

@@ -122,6 +122,7 @@ def environment(executor_info: dict | None = None, gpus: list[dict] | None = Non
         "device": info.get("device"),
         "dtype": dtype,
         "precision": info.get("precision") or PRECISION_OF_DTYPE.get(dtype, dtype),
+        "kv_cache": info.get("kv_cache_format"),
         "preset": preset,
         "executor_info": info,
     }

@@ -83,7 +83,7 @@ def record_roofline(record: dict) -> dict | None:
     p = record.get("parameters", {})
     seq_len = (p.get("input_len") or 0) + (p.get("output_len") or 0)
     return planner_roofline(get(record, "model.config"), env.get("gpu_name"), env.get("precision"),
-                            in_flight(record), max(seq_len, 1), get(record, "environment.executor_info.kv_cache_dtype"),
+                            in_flight(record), max(seq_len, 1), get(record, "environment.kv_cache"),
                             get(record, "environment.executor_info.tp", 1))
 
 

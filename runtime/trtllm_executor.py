@@ -125,9 +125,9 @@ class TrtllmExecutor:
         self.known: set[str] = set()
         engine_config = read_json(self.engine_dir / "config.json")
         self.dtype = engine_config.get("pretrained_config", {}).get("dtype", config.torch_dtype)
-        kv = KvCacheFormat.parse(self.manifest.get("kv_cache", "model"),
-                                 f"{self.engine_dir}/fathom-engine.json: field 'kv_cache' =")
-        self.kv_bytes = kv.bytes_per_element(self.dtype)
+        self.kv_cache = KvCacheFormat.parse(self.manifest.get("kv_cache", "model"),
+                                            f"{self.engine_dir}/fathom-engine.json: field 'kv_cache' =")
+        self.kv_bytes = self.kv_cache.bytes_per_element(self.dtype)
 
     # ---- executor interface ----------------------------------------------------------
     def submit(self, request: Request) -> None:
@@ -163,7 +163,7 @@ class TrtllmExecutor:
     def describe(self) -> dict:
         return {"executor": self.name, "device": "cuda", "gpu": self.gpu_name, "dtype": self.dtype,
                 "engine_dir": str(self.engine_dir), "tensorrt_llm_version": self.trtllm_version,
-                "precision": self.manifest.get("precision"), "kv_cache_dtype": self.manifest.get("kv_cache"),
+                "precision": self.manifest.get("precision"), "kv_cache_format": self.kv_cache.value,
                 "api": "ModelRunnerCpp.generate(streaming=True)", "runtime_args": self.runtime_args,
                 "max_batch_size": self.runner.max_batch_size, "max_seq_len": self.max_seq_len}
 

@@ -79,3 +79,23 @@ def test_convert_reports_precision_words_and_refuses_a_contradicting_dtype(tmp_p
     bad = runner.invoke(main, ["convert", "random:tiny", str(tmp_path / "x"), "--precision", "bf16", "--dtype", "float16"])
     assert bad.exit_code == 1 and "--precision bf16 stores weights as bfloat16; --dtype float16 contradicts it" in bad.output
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("executor", ["torch", "reference"])
+def test_executors_and_run_records_name_the_checkpoint_formats_with_the_same_words(executor, tmp_path):
+    from fathom.build.sources import resolve_model
+    from fathom.runtime.executors import create_executor
+    from fathom.runtime.records import environment
+
+    ckpt = tmp_path / "w8"
+    result = CliRunner().invoke(main, ["convert", "random:tiny", str(ckpt), "--precision", "w8a16", "--kv-cache", "int8"])
+    assert result.exit_code == 0, result.output
+    ex = create_executor(executor, resolve_model(str(ckpt)), dtype="float32", device="cpu", max_seq_len=64)
+    info = ex.describe()
+    assert (info["precision"], info["kv_cache_format"]) == ("w8a16", "int8")
+    env = environment(info)
+    assert (env["precision"], env["kv_cache"]) == ("w8a16", "int8")
+
+    plain = create_executor(executor, resolve_model("random:tiny"), dtype="float32", device="cpu", max_seq_len=64)
+    env = environment(plain.describe())
+    assert (env["precision"], env["kv_cache"]) == ("fp32", "model")
