@@ -26,10 +26,20 @@ class Request:
 
 @dataclass(frozen=True)
 class TokenEvent:
+    """One generated token of a request.
+
+    `logprob` and `top_logprobs` are set when the request's `SamplingParams.logprobs` is not None:
+    log-probs of the model's raw distribution (log_softmax of the float32 logits before
+    temperature, top-k and top-p, as vLLM's default `raw_logprobs` mode), so a sampled token may
+    be absent from `top_logprobs` and a filter never turns a log-prob into -inf.
+    """
+
     request_id: str
     token_id: int | None  # None only for a request finished without a new token (cancelled)
     time_s: float  # time.perf_counter() when the token became available
     finish_reason: str | None = None  # "stop" | "length" | "cancelled" on the request's last event
+    logprob: float | None = None  # log-prob of token_id
+    top_logprobs: tuple[tuple[int, float], ...] = ()  # (token id, log-prob), most likely first
 
     @property
     def finished(self) -> bool:

@@ -14,7 +14,7 @@ from fathom.build.errors import FathomError
 
 from .executor import KVUsage, Request, TokenEvent, finish_reason, now
 from .model import Qwen2Model
-from .sampling import make_generator, sample
+from .sampling import make_generator, sample, token_logprobs
 
 
 class StaticKVCache:
@@ -146,6 +146,10 @@ class ReferenceExecutor:
         logits = self.model(ids, cache.positions(T), cache, logits_index=logits_index)[:, -1]  # (B, V)
         cache.advance(T)
         next_ids = self._sample(logits)
+        token_ids = next_ids.tolist()
+        asks = [None if done or r.request_id in self.cancelled else r.params.logprobs
+                for r, done in zip(self.batch, self.done)]
+        logprobs = token_logprobs(logits, token_ids, asks)
         t = now()
         events = []
         for row, req in enumerate(self.batch):
@@ -155,13 +159,13 @@ class ReferenceExecutor:
                 self.done[row] = True
                 events.append(TokenEvent(req.request_id, None, t, "cancelled"))
                 continue
-            token = int(next_ids[row])
+            token = token_ids[row]
             self.counts[row] += 1
             reason = finish_reason(token, self.counts[row], req.params, self.eos_ids)
             if reason is None and cache.length >= cache.capacity:
                 reason = "length"
             self.done[row] = reason is not None
-            events.append(TokenEvent(req.request_id, token, t, reason))
+            events.append(TokenEvent(req.request_id, token, t, reason, *logprobs[row]))
         self.last_tokens = next_ids
         if all(self.done):
             self.cancelled -= {r.request_id for r in self.batch}

@@ -10,7 +10,7 @@ The parts, one job each: fathom.runtime.scheduler (admission, the step's work, p
 fathom.runtime.block_manager (blocks and rows per sequence, prefix reuse), fathom.runtime.model_runner
 (packing, forward, sampling), fathom.runtime.cuda_graphs (decode steps replayed on CUDA),
 fathom.runtime.paged_kv (pools, slot table, paged attention). This module validates requests, turns
-sampled tokens into events and describes the whole.
+sampled tokens (with their log-probs, for requests that ask) into events and describes the whole.
 
 CPU: eager, nothing else. CUDA: the same code, plus decode-only steps replayed from CUDA graphs.
 """
@@ -29,6 +29,7 @@ from .executor import KVUsage, Request, TokenEvent, finish_reason, now
 from .model import Qwen2Model
 from .model_runner import ModelRunner, step_workspace_bytes
 from .paged_kv import KVCacheConfig, PagedKVCache, plan_num_blocks
+from .sampling import token_logprobs
 from .scheduler import Scheduler, Sequence
 
 
@@ -136,14 +137,15 @@ class TorchExecutor:
         logits = self.runner.forward(decodes, chunks)  # (K, V): decodes, then chunks that end their prompt
         samplers = self.scheduler.computed(decodes, chunks)
         tokens = self.runner.sample(logits, samplers)
+        logprobs = token_logprobs(logits, tokens, [s.request.params.logprobs for s in samplers])
         t = now()
-        for s, token in zip(samplers, tokens):
+        for s, token, (logprob, top) in zip(samplers, tokens, logprobs):
             s.tokens.append(token)
             s.generated += 1
             reason = finish_reason(token, s.generated, s.request.params, self.eos_ids)
             if reason is None and s.num_computed >= self.max_seq_len:
                 reason = "length"
-            events.append(TokenEvent(s.id, token, t, reason))
+            events.append(TokenEvent(s.id, token, t, reason, logprob, top))
             if reason is not None:
                 self.scheduler.finish(s)
                 self.known.discard(s.id)

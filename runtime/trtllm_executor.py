@@ -26,6 +26,11 @@ What `generate` dictates, and how it is mapped:
 - Cancel: `generate` gives no per-request cancel (its request ids stay inside it). A cancelled
   request ends at the next step with finish_reason "cancelled"; the engine finishes its batch and
   the remaining tokens are dropped.
+- Log-probs: refused at submit(). `generate(output_log_probs=True)` returns the sampled token's
+  log-prob only, no alternatives (`_fill_output` reads `result.log_probs`), and the TensorRT
+  backend computes it after temperature is applied to the logits (TensorRT-LLM PR #12514, the
+  comment on `BaseDecodingOutputs::outputLogProbs`), not from the raw distribution the other
+  executors report.
 - KV capacity: the C++ runtime sizes its pool from kv_cache_free_gpu_memory_fraction and does not
   expose it through ModelRunnerCpp, so `kv_usage().capacity_tokens` is None (unknown), not a guess.
 """
@@ -141,6 +146,8 @@ class TrtllmExecutor:
                               f"{self.runner.max_input_len}")
         if len(ids) >= self.max_seq_len:
             raise FathomError(f"request {rid}: prompt has {len(ids)} tokens, max_seq_len is {self.max_seq_len}")
+        if p.logprobs is not None:
+            raise FathomError(f"request {rid}: logprobs: not supported by the trtllm executor")
         stops = frozenset(p.stop_token_ids) | (frozenset() if p.ignore_eos else frozenset(self.eos_ids))
         seed = p.seed if p.seed is not None else random.SystemRandom().getrandbits(63)
         self.known.add(rid)

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from fathom.build.errors import FathomError
-from fathom.runtime.sampling import SamplingParams, filter_top_k, filter_top_p, make_generator, sample
+from fathom.runtime.sampling import (MAX_LOGPROBS, NO_LOGPROBS, SamplingParams, filter_top_k, filter_top_p,
+                                     make_generator, sample, token_logprobs)
 
 
 def test_temperature_zero_is_argmax():
@@ -48,3 +49,31 @@ def test_sampling_follows_distribution():
 def test_invalid_params_rejected(kwargs):
     with pytest.raises(FathomError):
         SamplingParams(**kwargs)
+
+
+@pytest.mark.parametrize("value", [-1, MAX_LOGPROBS + 1, 2.5, True, "3"])
+def test_logprobs_outside_0_to_20_rejected_naming_the_field(value):
+    with pytest.raises(FathomError, match=r"^logprobs = .*, expected None or an integer in \[0, 20\]$"):
+        SamplingParams(logprobs=value)
+
+
+def test_logprobs_in_range_accepted():
+    assert [SamplingParams(logprobs=k).logprobs for k in (None, 0, 1, 20)] == [None, 0, 1, 20]
+
+
+def test_token_logprobs_per_row_only_for_rows_that_ask():
+    logits = torch.tensor([[1.0, 3.0, 2.0, 0.0], [0.5, 0.5, 4.0, 1.0], [2.0, 1.0, 0.0, 3.0]])
+    want = logits.log_softmax(dim=-1)
+    out = token_logprobs(logits, [2, 0, 3], [1, None, 0])
+    assert out[1] == NO_LOGPROBS
+    logprob, top = out[0]
+    assert logprob == pytest.approx(want[0, 2].item()) and top == ((1, pytest.approx(want[0, 1].item())),)
+    assert out[2] == (pytest.approx(want[2, 3].item()), ())
+    assert token_logprobs(logits, [0, 0, 0], [None] * 3) == [NO_LOGPROBS] * 3
+
+
+def test_token_logprobs_top_list_is_sorted_and_capped_at_the_vocabulary():
+    logits = torch.tensor([[0.0, 2.0, 1.0]])
+    logprob, top = token_logprobs(logits, [0], [5])[0]
+    assert [t for t, _ in top] == [1, 2, 0] and top[2][1] == logprob
+    assert [v for _, v in top] == sorted((v for _, v in top), reverse=True)

@@ -158,6 +158,17 @@ def test_max_seq_len_caps_requests_like_the_other_executors(engine_dir, fake_trt
     assert generate_calls(fake_trtllm)[-1]["max_new_tokens"] == 4
 
 
+def test_logprobs_are_refused_at_submit_and_the_request_id_stays_free(engine_dir, fake_trtllm):
+    ex = open_executor(engine_dir, eos_ids=())
+    with pytest.raises(FathomError, match="^request a: logprobs: not supported by the trtllm executor$"):
+        ex.submit(Request("a", [1, 2], SamplingParams(max_new_tokens=3, logprobs=0)))
+    assert not ex.has_pending()
+    events = collect(ex, [Request("a", [1, 2], SamplingParams(max_new_tokens=3))])["a"]
+    assert [e.token_id for e in events] == script_tokens(fake_trtllm, [1, 2], 3)
+    assert all(e.logprob is None and e.top_logprobs == () for e in events)
+    assert len(generate_calls(fake_trtllm)) == 1
+
+
 def test_engine_for_another_version_or_gpu_is_refused_before_loading(engine_dir, fake_trtllm, monkeypatch):
     import tensorrt_llm
 
