@@ -195,12 +195,12 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
                      tie_word_embeddings=True),
     # The embedded demo model (build/demo_model/, scripts/train_demo_model.py); must equal its config.json.
     "demo": dict(vocab_size=384, hidden_size=128, intermediate_size=352, num_hidden_layers=4,
-                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16384,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=DEFAULT_MAX_SEQ_LEN,
                  rope_theta=1_000_000.0, rms_norm_eps=1e-6, tie_word_embeddings=False,
                  torch_dtype="float32", bos_token_id=1, eos_token_id=2),
     # Memory-bound on a CPU: ~130 MB of float32 weights.
     "small-100m": dict(vocab_size=4096, hidden_size=1024, intermediate_size=2816, num_hidden_layers=3,
-                       num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=16384),
+                       num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=DEFAULT_MAX_SEQ_LEN),
 }
 
 

@@ -32,7 +32,7 @@ def demo_text() -> str:
     ckpt, engine = "./fathom-r1-14b-fp8-ckpt", f"./fathom-r1-14b-{DEMO_PRESET}-engine"
     lines += [
         f"Engine build for preset {DEMO_PRESET} (needs tensorrt-llm 1.2.1 and an H100):",
-        f"  fathom convert ./Fathom-R1-14B {ckpt} --quant fp8 --kv-cache fp8",
+        f"  fathom convert ./Fathom-R1-14B {ckpt} --precision {settings.precision} --kv-cache {settings.kv_cache}",
         f"  fathom build {ckpt} {engine} --preset {DEMO_PRESET}",
         "which runs the equivalent of:",
         "  " + shlex.join(trtllm_build_command(settings, ckpt, engine)),

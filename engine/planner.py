@@ -44,9 +44,9 @@ KV_CACHE_FRACTION = 0.9  # TRT-LLM default share of free memory given to the KV 
 RUNTIME_OVERHEAD_BYTES = 1 * GIB  # CUDA context, cuBLAS/TRT workspaces, runtime buffers (estimate)
 ACTIVATION_SHARE = 1 / 16  # max_num_tokens is the largest power of two whose activations fit in this share
 MAX_BATCH_CAP = 2048  # BuildConfig.max_batch_size default in tensorrt_llm/builder.py
-# "Expected" = ceiling at these efficiencies. Assumed, not measured on this model: on an H100 a plain
-# copy reached ~0.90 of datasheet bandwidth and a bf16 matmul ~0.81 of peak (docs/REFERENCE.md, GPU
-# measurements); whole decoder kernels (attention, small GEMMs, launches) reach less.
+# "Expected" = ceiling at these efficiencies: assumed, not measured by fathom (docs/REFERENCE.md, GPU
+# datasheets, takes a plain copy at ~0.90 of datasheet bandwidth and a bf16 matmul at ~0.81 of
+# peak as assumptions); whole decoder kernels (attention, small GEMMs, launches) reach less.
 BANDWIDTH_EFFICIENCY = 0.8
 COMPUTE_EFFICIENCY = 0.6
 

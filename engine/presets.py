@@ -199,6 +199,16 @@ def _algo_text(algo: QuantAlgo | None) -> str:
     return repr(algo.value) if algo is not None else "None"
 
 
+def _sized_as(weights: WeightFormat) -> WeightFormat:
+    """The format a preset is sized for: fp16 has bf16's bytes and tensor-core rate."""
+    return WeightFormat.BF16 if weights is WeightFormat.FP16 else weights
+
+
+def _way_out(gpu: GpuSpec, weights: WeightFormat) -> str:
+    name = preset_name(gpu.key, _sized_as(weights))
+    return f"use preset {name} or --gpu {gpu.key}" if name in preset_names() else f"use --gpu {gpu.key}"
+
+
 def check_compat(s: BuildSettings, ckpt: CheckpointInfo, gpu: GpuSpec) -> None:
     """Refuse settings that contradict the checkpoint or the GPU, with the reason and a way out."""
     label = f"preset {s.name}" if s.name else f"settings for --gpu {s.gpu}"
@@ -206,10 +216,10 @@ def check_compat(s: BuildSettings, ckpt: CheckpointInfo, gpu: GpuSpec) -> None:
     algo = f"quantization.quant_algo = {_algo_text(weights.quant_algo)}"
     if s.plugin_config.get("use_fp8_context_fmha") and weights is not WeightFormat.FP8:
         raise PlanError(f"{label} enables FP8 context FMHA but {ckpt.path} is a {weights} checkpoint ({algo}); "
-                        f"use preset {preset_name(gpu.key, weights)} or --gpu {gpu.key}")
-    if s.precision is not weights:
+                        f"{_way_out(gpu, weights)}")
+    if _sized_as(s.precision) is not _sized_as(weights):
         raise PlanError(f"{label} builds {s.precision} kernels but {ckpt.path} is a {weights} checkpoint ({algo}); "
-                        f"use preset {preset_name(gpu.key, weights)} or --gpu {gpu.key}")
+                        f"{_way_out(gpu, weights)}")
     if s.kv_cache is not kv_cache:
         raise PlanError(f"{label} is sized for a {s.kv_cache} KV cache but {ckpt.path} has a {kv_cache} one "
                         f"(quantization.kv_cache_quant_algo = {_algo_text(kv_cache.quant_algo)}); use --gpu {gpu.key}")

@@ -32,9 +32,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from fathom.build.config import DEFAULT_MAX_SEQ_LEN
+
 PROMPT_TOKENS = 32
 NEW_TOKENS = 128
-LONG_TOKENS = 16_384
+LONG_TOKENS = DEFAULT_MAX_SEQ_LEN
 
 
 def _timed(fn) -> tuple[float, float]:

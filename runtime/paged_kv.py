@@ -184,8 +184,8 @@ class PagedKVCache:
         self.block_size = block_size
         self.dtype = dtype  # compute dtype: what reads return
         self.kv_quant = kv_quant
-        kv_format = kv_quant.format if kv_quant is not None else KvCacheFormat.MODEL
-        self.storage = kv_format.torch_dtype(str(dtype).removeprefix("torch."))
+        self.kv_format = kv_quant.format if kv_quant is not None else KvCacheFormat.MODEL
+        self.storage = self.kv_format.torch_dtype(str(dtype).removeprefix("torch."))
         slots = num_blocks * block_size
         shape = (cfg.num_hidden_layers, slots, 2, cfg.num_key_value_heads, cfg.head_dim)
         self.kv = torch.empty(shape, dtype=self.storage, device=device)

@@ -106,8 +106,10 @@ def _load(spec: str, options: QualityOptions, tokenizer_dir):
 
 
 def _describe(source, model) -> dict:
+    from .quant_linear import describe_model_precision
+
     info = {"spec": source.spec, "kind": source.kind, "dtype": str(model.dtype).removeprefix("torch.")}
-    return {**info, "quantization": model.quant_info}
+    return {**info, **describe_model_precision(model)}
 
 
 def run_quality(base_spec: str, candidate_spec: str, options: QualityOptions, tokenizer_dir=None,
@@ -159,14 +161,11 @@ def _task(base, cand, tokenizer, options: QualityOptions) -> dict:
 
 def quality_record(result: dict) -> dict:
     """The shared run-record envelope (fathom.runtime.records) with kind "quality"."""
-    from fathom.build.precision import WeightFormat
-
     from .records import environment, make_record
 
     cand = result["candidate"]
-    algo = (cand["quantization"] or {}).get("quant_algo")
-    precision = WeightFormat.of_checkpoint(algo, cand["dtype"], "candidate").value if algo else None
     env = environment({"executor": "reference", "dtype": cand["dtype"], "device": result["parameters"]["device"],
-                       "precision": precision, "quantization": cand["quantization"]})
+                       "precision": cand["precision"], "kv_cache_format": cand["kv_cache_format"],
+                       "quantization": cand["quantization"]})
     return make_record("quality", {"base": result["base"], "candidate": cand}, result["parameters"],
                        result["metrics"], env)

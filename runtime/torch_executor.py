@@ -117,7 +117,8 @@ class TorchExecutor:
                 "max_num_tokens": self.opts.max_num_tokens, "max_num_seqs": self.opts.max_num_seqs,
                 "max_seq_len": self.max_seq_len, "prefix_reuse": self.blocks.prefix_reuse, "packed_forward": True,
                 "cuda_graphs": sorted(graphs.graphs) if graphs is not None else None,
-                "torch_compile": False, "threads": torch.get_num_threads(), **describe_model_precision(self.model)}
+                "torch_compile": False, "threads": torch.get_num_threads(), **describe_model_precision(self.model),
+                "kv_cache_format": self.cache.kv_format.value}  # the cache built, which --kv-cache may override
         if self.device.type == "cuda":
             b = torch.backends.cuda
             info["sdpa_kernels_enabled"] = [name for name, on in (("flash", b.flash_sdp_enabled()),

@@ -43,8 +43,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fathom.build.config import ModelConfig, read_json
-from fathom.build.precision import KvCacheFormat
+from fathom.build.config import ModelConfig
 from fathom.build.errors import CheckpointError, FathomError
 
 from .executor import KVUsage, Request, TokenEvent, now
@@ -101,7 +100,14 @@ class TrtllmExecutor:
         from fathom.engine.manifest import check_engine_compat, read_engine_manifest
         from fathom.engine.trtllm import import_tensorrt_llm
 
+        from fathom.build.checkpoint import read_checkpoint
+        from fathom.engine.presets import engine_formats
+
         self.engine_dir, self.config = Path(engine_dir), config
+        engine = read_checkpoint(self.engine_dir)  # the engine's pretrained_config, read before loading it
+        self.dtype = engine.dtype
+        self.precision, self.kv_cache = engine_formats(engine)
+        self.kv_bytes = self.kv_cache.bytes_per_element(self.dtype)
         self.eos_ids = list(eos_ids if eos_ids is not None else config.eos_token_ids)
         trtllm = import_tensorrt_llm()
         self.manifest = read_engine_manifest(self.engine_dir)
@@ -128,11 +134,6 @@ class TrtllmExecutor:
         self.batch: _Batch | None = None
         self.cancelled: set[str] = set()
         self.known: set[str] = set()
-        engine_config = read_json(self.engine_dir / "config.json")
-        self.dtype = engine_config.get("pretrained_config", {}).get("dtype", config.torch_dtype)
-        self.kv_cache = KvCacheFormat.parse(self.manifest.get("kv_cache", "model"),
-                                            f"{self.engine_dir}/fathom-engine.json: field 'kv_cache' =")
-        self.kv_bytes = self.kv_cache.bytes_per_element(self.dtype)
 
     # ---- executor interface ----------------------------------------------------------
     def submit(self, request: Request) -> None:
@@ -170,7 +171,7 @@ class TrtllmExecutor:
     def describe(self) -> dict:
         return {"executor": self.name, "device": "cuda", "gpu": self.gpu_name, "dtype": self.dtype,
                 "engine_dir": str(self.engine_dir), "tensorrt_llm_version": self.trtllm_version,
-                "precision": self.manifest.get("precision"), "kv_cache_format": self.kv_cache.value,
+                "precision": self.precision.value, "kv_cache_format": self.kv_cache.value,
                 "api": "ModelRunnerCpp.generate(streaming=True)", "runtime_args": self.runtime_args,
                 "max_batch_size": self.runner.max_batch_size, "max_seq_len": self.max_seq_len}
 

@@ -99,3 +99,22 @@ def test_executors_and_run_records_name_the_checkpoint_formats_with_the_same_wor
     plain = create_executor(executor, resolve_model("random:tiny"), dtype="float32", device="cpu", max_seq_len=64)
     env = environment(plain.describe())
     assert (env["precision"], env["kv_cache"]) == ("fp32", "model")
+
+
+def test_the_record_names_the_kv_cache_actually_built_when_kv_format_overrides_it():
+    from fathom.build.sources import resolve_model
+    from fathom.runtime.executors import create_executor
+    from fathom.runtime.records import environment
+
+    ex = create_executor("torch", resolve_model("random:tiny"), dtype="float32", device="cpu", max_seq_len=64,
+                         kv_format="int8", kv_scales=(1.0,) * 2)
+    assert ex.describe()["kv_cache_dtype"] == "int8" and environment(ex.describe())["kv_cache"] == "int8"
+
+
+def test_the_demo_engine_recipe_is_a_command_fathom_accepts(tmp_path):
+    from fathom.engine.demo import demo_text
+
+    line = next(l for l in demo_text().splitlines() if "fathom convert" in l).split()
+    args = ["convert", "demo", str(tmp_path / "ck"), *line[4:]]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, (args, result.output)
