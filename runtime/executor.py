@@ -30,6 +30,8 @@ class TokenEvent:
     token_id: int | None  # None only for a request finished without a new token (cancelled)
     time_s: float  # time.perf_counter() when the token became available
     finish_reason: str | None = None  # "stop" | "length" | "cancelled" on the request's last event
+    logprob: float | None = None
+    top_logprobs: tuple[tuple[int, float], ...] = ()
 
     @property
     def finished(self) -> bool:
