@@ -45,8 +45,9 @@ def runtime_options(f):
 
 
 def open_runtime(model: str, executor: str, dtype: str, device: str | None, tokenizer: str | None,
-                 max_seq_len: int, threads: int | None = None):
-    """Resolve MODEL, open the executor and the tokenizer. Returns (source, executor, tokenizer)."""
+                 max_seq_len: int, threads: int | None = None, **torch_options):
+    """Resolve MODEL, open the executor and the tokenizer. Returns (source, executor, tokenizer).
+    `torch_options` go to the torch executor (see executors.create_executor)."""
     from fathom.build.sources import resolve_model
     from fathom.runtime.chat import load_tokenizer
     from fathom.runtime.executors import create_executor
@@ -57,5 +58,5 @@ def open_runtime(model: str, executor: str, dtype: str, device: str | None, toke
     dtype, device = resolve_dtype(dtype, device)
     eos = source.config.eos_token_ids or ([tok.eos_token_id] if tok.eos_token_id is not None else [])
     ex = create_executor(executor, source, dtype=dtype, device=device, max_seq_len=max_seq_len, eos_ids=eos,
-                         threads=threads)
+                         threads=threads, **torch_options)
     return source, ex, tok
