@@ -220,3 +220,11 @@ def test_logprobs_name_each_generated_token_with_its_top_alternatives(client):
     lp = c.choices[0].logprobs
     assert "".join(lp.tokens) == c.choices[0].text and len(lp.top_logprobs[0]) == 2
     assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(len(lp.tokens))]
+
+
+def test_token_id_prompts_are_checked_against_the_model_vocabulary(served, client):
+    vocab = served[1].engine.executor.config.vocab_size
+    ok = client.completions.create(model="demo", prompt=[1, 2, vocab - 1], max_tokens=2, temperature=0)
+    assert ok.usage.prompt_tokens == 3
+    r = _post(served[0], "/v1/completions", {"model": "demo", "prompt": [1, vocab], "max_tokens": 2})
+    assert r.status_code == 400 and f"token id {vocab} outside the vocabulary" in r.json()["error"]["message"]

@@ -112,7 +112,7 @@ def create_app(state: ServerState) -> FastAPI:
         body = await _parse(state, request, CompletionRequest)
         if body.echo:
             raise APIError(400, "echo: not supported by this server", "echo")
-        jobs = await asyncio.to_thread(completion_jobs, state.tokenizer, body)
+        jobs = await asyncio.to_thread(completion_jobs, state.tokenizer, body, state.engine.executor.config.vocab_size)
         return await _generate(state, request, body, jobs, chat=False)
 
     return app
@@ -161,7 +161,8 @@ async def _generate(state: ServerState, request: Request, body, jobs, chat: bool
         raise APIError(400, "logprobs: not supported by the trtllm executor", "logprobs")
     longest = max(len(j.prompt_ids) for j in jobs)
     params = SamplingParams(max_new_tokens=max_new_tokens(body, longest, config), temperature=body.temperature,
-                            top_p=body.top_p, top_k=body.top_k, seed=body.seed, logprobs=k)
+                            top_p=body.top_p, top_k=body.top_k, seed=body.seed, logprobs=k,
+                            ignore_eos=body.ignore_eos)
     waiting = engine.waiting()
     if waiting + len(jobs) * body.n > config.max_queue:
         raise APIError(429, f"server queue is full ({waiting} waiting, --max-queue {config.max_queue}); retry later")

@@ -21,9 +21,9 @@ def chat_jobs(tokenizer, body: ChatCompletionRequest) -> list[PromptJob]:
     return [PromptJob(ids, opens_think)]
 
 
-def completion_jobs(tokenizer, body: CompletionRequest) -> list[PromptJob]:
+def completion_jobs(tokenizer, body: CompletionRequest, vocab: int) -> list[PromptJob]:
+    """`vocab`: the model's vocab_size (token ids may go past the tokenizer's, up to the padded embedding)."""
     jobs = []
-    vocab = len(tokenizer)
     for i, prompt in enumerate(body.prompts()):
         if isinstance(prompt, str):
             ids = raw_prompt_ids(tokenizer, prompt)

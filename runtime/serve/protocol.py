@@ -49,6 +49,7 @@ class SamplingFields(BaseModel):
     top_k: int = Field(0, ge=0)  # vLLM's extension; 0 disables
     seed: int | None = None
     stop: str | list[str] | None = Field(None, validate_default=True)
+    ignore_eos: bool = False  # vLLM's extension: benchmarks force exact output lengths
 
     @field_validator("stop")
     @classmethod
