@@ -78,6 +78,15 @@ class _Words(str, Enum):
         except ValueError:
             raise ConfigError(f"{where} {word!r}: expected one of {', '.join(m.value for m in cls)}") from None
 
+    @classmethod
+    def _of_algo(cls, algo: str, where: str, field: str):
+        """The quantized member whose TensorRT-LLM value is `algo` (config.json `quantization.<field>`)."""
+        for m in cls:
+            if m.quantized and m.quant_algo.value == algo:
+                return m
+        algos = ", ".join(m.quant_algo.value for m in cls if m.quantized)
+        raise ConfigError(f"{where}: field 'quantization.{field}' = {algo!r}, expected null or one of {algos}")
+
 
 class WeightFormat(_Words):
     """How the linear weights are stored: the `--precision` words."""
@@ -111,11 +120,7 @@ class WeightFormat(_Words):
         """Format of a TRT-LLM config.json: its `quant_algo`, else its `dtype`."""
         if quant_algo is None:
             return cls.of_dtype(check_dtype(dtype, f"{where}: field 'dtype' ="))
-        for m in cls:
-            if m.quant_algo is not None and m.quant_algo.value == quant_algo:
-                return m
-        algos = ", ".join(m.quant_algo.value for m in cls if m.quantized)
-        raise ConfigError(f"{where}: field 'quantization.quant_algo' = {quant_algo!r}, expected null or one of {algos}")
+        return cls._of_algo(quant_algo, where, "quant_algo")
 
     def model_dtype(self, requested: str) -> str:
         """The model dtype of a checkpoint in this format when `requested` is asked for; unquantized
@@ -171,12 +176,10 @@ class KvCacheFormat(_Words):
 
     @classmethod
     def of_checkpoint(cls, kv_cache_quant_algo: str | None, where: str) -> "KvCacheFormat":
-        for m in cls:
-            if (m.quant_algo.value if m.quant_algo else None) == kv_cache_quant_algo:
-                return m
-        algos = ", ".join(m.quant_algo.value for m in cls if m.quantized)
-        raise ConfigError(f"{where}: field 'quantization.kv_cache_quant_algo' = {kv_cache_quant_algo!r}, "
-                          f"expected null or one of {algos}")
+        """Format of a TRT-LLM config.json's `kv_cache_quant_algo` (null: the model dtype)."""
+        if kv_cache_quant_algo is None:
+            return cls.MODEL
+        return cls._of_algo(kv_cache_quant_algo, where, "kv_cache_quant_algo")
 
     def bytes_per_element(self, model_dtype: str) -> int:
         return self._bytes if self._bytes is not None else DTYPE_BYTES[check_dtype(model_dtype, "dtype")]

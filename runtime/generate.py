@@ -62,7 +62,7 @@ def generate_texts(executor: Executor, tokenizer, prompts: list[list[int]], para
                     reasons[i] = "stop"
                     continue
                 delta = decoders[i].push(event.token_id)
-                cut = _find_stop(decoders[i].text, len(delta), params.stop_strings)
+                cut = find_stop(decoders[i].text, len(delta), params.stop_strings)
                 if cut is not None:
                     delta = delta[:max(0, len(delta) - (len(decoders[i].text) - cut))]
                     text_cut[i] = cut
@@ -84,7 +84,7 @@ def generate_texts(executor: Executor, tokenizer, prompts: list[list[int]], para
     return out
 
 
-def _find_stop(text: str, delta_len: int, stops: tuple[str, ...]) -> int | None:
+def find_stop(text: str, delta_len: int, stops: tuple[str, ...]) -> int | None:
     """Index where the earliest stop string starts, looking only where the new delta could complete one."""
     best = None
     for s in stops:

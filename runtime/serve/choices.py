@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from fathom.runtime.chat import IncrementalDecoder
 from fathom.runtime.executor import TokenEvent
+from fathom.runtime.generate import find_stop
 
 from .reasoning import ReasoningSplitter
 
@@ -64,7 +65,7 @@ class Choice:
             self.last_token_s = event.time_s
             if event.finish_reason != "stop":
                 text = self.decoder.push(event.token_id)
-                cut = _find_stop(self.decoder.text, len(text), self.stop_strings)
+                cut = find_stop(self.decoder.text, len(text), self.stop_strings)
                 if cut is not None:
                     text = text[:max(0, len(text) - (len(self.decoder.text) - cut))]
                     self.finish_reason, cancel = "stop", True
@@ -93,12 +94,3 @@ class Choice:
             delta.reasoning += reasoning
             delta.content += content
 
-
-def _find_stop(text: str, delta_len: int, stops: tuple[str, ...]) -> int | None:
-    """Index where the earliest stop string starts, looking only where the new delta could complete one."""
-    best = None
-    for s in stops:
-        idx = text.find(s, max(0, len(text) - delta_len - len(s) + 1))
-        if idx != -1 and (best is None or idx < best):
-            best = idx
-    return best
