@@ -215,7 +215,8 @@ class Plan:
         return {
             "model": {"name": self.model_name, "num_params": self.num_params},
             "gpu": self.gpu.summary(),
-            "deployment": asdict(d) | {"world_size": d.world_size},
+            "deployment": asdict(d) | {"precision": d.precision.value, "kv_cache": d.kv_cache.value,
+                                       "world_size": d.world_size},
             "fits": self.fits,
             "memory_per_gpu": {
                 "capacity_bytes": self.gpu.memory_bytes,

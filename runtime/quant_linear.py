@@ -24,9 +24,8 @@ import torch
 from torch import nn
 
 from fathom.build.config import ModelConfig
-from fathom.build.precision import KvCacheFormat, WeightFormat
+from fathom.build.precision import KvCacheFormat, QuantAlgo, WeightFormat
 from fathom.build.quant.awq import dequantize_groupwise_int4, unpack_int4
-from fathom.build.precision import QuantAlgo
 from fathom.build.quant.config import QuantConfig, linear_modules
 from fathom.build.quant.fp8 import dequantize_fp8, quantize_fp8
 from fathom.build.quant.int8 import dequantize_per_channel_int8, quantize_per_channel_int8
