@@ -102,17 +102,6 @@ def local_name(name: str, layers: range) -> str:
     return f"transformer.layers.{int(m.group(1)) - layers.start}.{name[m.end():]}"
 
 
-def global_name(name: str, layers: range) -> str:
-    """Index within a rank file -> global layer index (raises if the rank holds no such layer)."""
-    m = LAYER_RE.match(name)
-    if m is None:
-        return name
-    local = int(m.group(1))
-    if local >= len(layers):
-        raise CheckpointError(f"tensor '{name}': this rank holds {len(layers)} layer(s), index {local} is out of range")
-    return f"transformer.layers.{layers.start + local}.{name[m.end():]}"
-
-
 def plan_ranks(specs: list[TensorSpec], cfg: ModelConfig, mapping: Mapping) -> list[RankPlan]:
     """The tensors of each rank file, in `specs` order, with their shard shapes."""
     per_rank: dict[int, list[ShardPlan]] = {r.rank: [] for r in mapping.ranks(cfg.num_hidden_layers)}

@@ -48,9 +48,6 @@ class Mapping:
     def world_size(self) -> int:
         return self.tp_size * self.pp_size
 
-    def rank_of(self, tp_rank: int, pp_rank: int) -> int:
-        return pp_rank * self.tp_size + tp_rank
-
     def tp_rank(self, rank: int) -> int:
         return rank % self.tp_size
 

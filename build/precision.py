@@ -40,6 +40,11 @@ def check_dtype(name: str, where: str) -> str:
     return name
 
 
+def dtype_word(dtype: "torch.dtype") -> str:
+    """torch.bfloat16 -> "bfloat16" (also storage dtypes: float8_e4m3fn, int8)."""
+    return str(dtype).removeprefix("torch.")
+
+
 def torch_dtype(name: str, where: str = "--dtype") -> "torch.dtype":
     """torch dtype of a model dtype word (bfloat16 | float16 | float32)."""
     import torch

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from .precision import dtype_word
 from .config import ModelConfig
 from .weights import RandomWeights
 
@@ -20,7 +21,7 @@ def write_hf_dir(cfg: ModelConfig, out: str | Path, seed: int = 0, dtype: torch.
     out.mkdir(parents=True, exist_ok=True)
     weights = RandomWeights(cfg, seed=seed, dtype=dtype)
     config = cfg.to_hf_dict()
-    config["torch_dtype"] = str(dtype).removeprefix("torch.")
+    config["torch_dtype"] = dtype_word(dtype)
     (out / "config.json").write_text(json.dumps(config, indent=2))
     shards: list[list[str]] = [[]]
     size = 0

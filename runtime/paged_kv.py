@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from fathom.build.config import ModelConfig
 from fathom.build.errors import ConfigError
-from fathom.build.precision import KvCacheFormat
+from fathom.build.precision import KvCacheFormat, dtype_word
 from fathom.build.quant.kv_cache import KVCacheQuant
 
 from .model import causal_attention, sdpa
@@ -185,7 +185,7 @@ class PagedKVCache:
         self.dtype = dtype  # compute dtype: what reads return
         self.kv_quant = kv_quant
         self.kv_format = kv_quant.format if kv_quant is not None else KvCacheFormat.MODEL
-        self.storage = self.kv_format.torch_dtype(str(dtype).removeprefix("torch."))
+        self.storage = self.kv_format.torch_dtype(dtype_word(dtype))
         slots = num_blocks * block_size
         shape = (cfg.num_hidden_layers, slots, 2, cfg.num_key_value_heads, cfg.head_dim)
         self.kv = torch.empty(shape, dtype=self.storage, device=device)

@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from fathom.build.precision import dtype_word
+
 from .model import CausalAttention
 
 
@@ -108,7 +110,7 @@ def _load(spec: str, options: QualityOptions, tokenizer_dir):
 def _describe(source, model) -> dict:
     from .quant_linear import describe_model_precision
 
-    info = {"spec": source.spec, "kind": source.kind, "dtype": str(model.dtype).removeprefix("torch.")}
+    info = {"spec": source.spec, "kind": source.kind, "dtype": dtype_word(model.dtype)}
     return {**info, **describe_model_precision(model)}
 
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from fathom.build.config import ModelConfig
-from fathom.build.precision import KvCacheFormat, QuantAlgo, WeightFormat
+from fathom.build.precision import KvCacheFormat, QuantAlgo, WeightFormat, dtype_word
 from fathom.build.quant.awq import dequantize_groupwise_int4, unpack_int4
 from fathom.build.quant.config import QuantConfig, linear_modules
 from fathom.build.quant.fp8 import dequantize_fp8, quantize_fp8
@@ -232,6 +232,6 @@ def describe_model_precision(model) -> dict:
     algo = info["quant_algo"] if info else None
     precision = None
     if algo is not None:
-        precision = WeightFormat.of_checkpoint(algo, str(model.dtype).removeprefix("torch."), "quant_info").value
+        precision = WeightFormat.of_checkpoint(algo, dtype_word(model.dtype), "quant_info").value
     kv = KvCacheFormat.of_checkpoint(info["kv_cache_quant_algo"] if info else None, "quant_info")
     return {"precision": precision, "kv_cache_format": kv.value, "quantization": info}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from fathom.build.precision import dtype_word
 from fathom.build.errors import FathomError
 
 from .executor import KVUsage, Request, TokenEvent, finish_reason, now
@@ -110,7 +111,7 @@ class ReferenceExecutor:
     def describe(self) -> dict:
         from .quant_linear import describe_model_precision
 
-        return {"executor": self.name, "device": str(self.model.device), "dtype": str(self.model.dtype).removeprefix("torch."),
+        return {"executor": self.name, "device": str(self.model.device), "dtype": dtype_word(self.model.dtype),
                 "attention": "sdpa", "kv_cache": "static", **describe_model_precision(self.model)}
 
     @torch.inference_mode()

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from fathom.build.errors import ConfigError, FathomError
-from fathom.build.precision import KvCacheFormat
+from fathom.build.precision import KvCacheFormat, dtype_word
 
 from .block_manager import BlockManager
 from .executor import KVUsage, Request, TokenEvent, finish_reason, now
@@ -60,7 +60,7 @@ class TorchExecutor:
         cfg, kv = model.cfg, config.kv
         kv_quant = kv.kv_quant(model.kv_quant, self.device)
         kv_format = kv_quant.format if kv_quant is not None else KvCacheFormat.MODEL
-        per_token = cfg.kv_bytes_per_token(kv_format.bytes_per_element(str(model.dtype).removeprefix("torch.")))
+        per_token = cfg.kv_bytes_per_token(kv_format.bytes_per_element(dtype_word(model.dtype)))
         workspace = step_workspace_bytes(cfg, model.dtype, config.max_num_tokens, config.max_num_seqs, self.max_seq_len)
         num_blocks = plan_num_blocks(cfg, kv, self.device, per_token, workspace, config.max_num_seqs * self.max_seq_len)
         # One spare slot-table row stays all-null: padded CUDA-graph rows point there.
@@ -111,8 +111,8 @@ class TorchExecutor:
         from .quant_linear import describe_model_precision
 
         graphs = self.runner.graphs
-        info = {"executor": self.name, "device": str(self.device), "dtype": str(self.model.dtype).removeprefix("torch."),
-                "attention": "sdpa", "kv_cache": "paged", "kv_cache_dtype": str(self.cache.storage).removeprefix("torch."),
+        info = {"executor": self.name, "device": str(self.device), "dtype": dtype_word(self.model.dtype),
+                "attention": "sdpa", "kv_cache": "paged", "kv_cache_dtype": dtype_word(self.cache.storage),
                 "block_size": self.cache.block_size, "kv_capacity_tokens": self.cache.capacity_tokens,
                 "max_num_tokens": self.opts.max_num_tokens, "max_num_seqs": self.opts.max_num_seqs,
                 "max_seq_len": self.max_seq_len, "prefix_reuse": self.blocks.prefix_reuse, "packed_forward": True,

@@ -7,7 +7,7 @@ import sys
 import click
 
 from fathom.build.config import DEFAULT_MAX_SEQ_LEN
-from fathom.build.precision import DTYPES, KvCacheFormat, WeightFormat
+from fathom.build.precision import AWQ_GROUP_SIZES, DEFAULT_GROUP_SIZE, DTYPES, KvCacheFormat, WeightFormat
 
 from .common import emit_json, json_option
 
@@ -47,7 +47,8 @@ def _layers(r: dict) -> str:
 @click.option("--calib-samples", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--calib-seq-len", type=click.IntRange(2), default=256, show_default=True)
 @click.option("--calib-seed", type=int, default=0, show_default=True, help="Same seed, same scales.")
-@click.option("--awq-group-size", type=click.Choice(["64", "128"]), default="128", show_default=True,
+@click.option("--awq-group-size", type=click.Choice([str(g) for g in AWQ_GROUP_SIZES]), default=str(DEFAULT_GROUP_SIZE),
+              show_default=True,
               help="Input channels per int4 scale (TRT-LLM's kernels implement 64 and 128).")
 @json_option
 def convert_cmd(src, out, dtype, tp, pp, max_seq_len, force, precision, kv_cache, exclude, calib_data, calib_samples,
