@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, replace
 
 from fathom.build.config import DEFAULT_MAX_SEQ_LEN, ModelConfig
 from fathom.build.errors import ConfigError, PlanError
-from fathom.build.mapping import Mapping
+from fathom.build.mapping import Mapping, ShardKind, shard_shape
 from fathom.build.precision import DTYPE_BYTES, KvCacheFormat, WeightFormat
 
 from .gpus import GIB, GpuSpec
@@ -131,7 +131,7 @@ def stages(cfg: ModelConfig, dep: Deployment) -> list[Stage]:
     layer_bytes = (sum(dep.precision.linear_bytes(o, i) for o, i in shapes)
                    + unquantized_bytes * (q + 2 * kv + 2 * h))  # qkv bias, two RMSNorm weights
     layer_params = sum(o * i for o, i in shapes)
-    vocab_rank = mapping.padded_vocab_size(cfg.vocab_size) // dep.tp  # lm_head rows on this rank
+    vocab_rank = shard_shape(ShardKind.VOCAB, cfg.linear_dims()["lm_head"], dep.tp, cfg)[0]  # lm_head rows here
     embedding = unquantized_bytes * cfg.vocab_size * h  # replicated per tp rank (use_parallel_embedding=False)
     kv_element_bytes = dep.kv_cache.bytes_per_element(dep.model_dtype)
     out = []
@@ -159,8 +159,8 @@ def activation_bytes(cfg: ModelConfig, dep: Deployment, num_tokens: int, logits_
     """Peak activations of one rank for `num_tokens` tokens in flight (TensorRT reuses buffers
     across layers, so one layer's widest tensors count): residual + normed input, qkv, the fused
     fc|gate output and the activated product; plus float32 logits rows on the last stage."""
-    q, kv = dep.mapping.qkv_rows(cfg)
-    width = 2 * cfg.hidden_size + q + 2 * kv + 3 * (cfg.intermediate_size // dep.tp)
+    qkv, _, fc, _, _ = dep.mapping.linear_shapes(cfg)  # (out, in) per rank
+    width = 2 * cfg.hidden_size + qkv[0] + 3 * fc[0]
     logits = logits_rows * cfg.vocab_size * LOGITS_BYTES if last else 0
     return num_tokens * DTYPE_BYTES[dep.model_dtype] * width + logits
 
