@@ -69,8 +69,13 @@ def test_stop_strings_cut_the_text_where_they_begin(client):
     assert full.startswith(r.choices[0].message.model_extra["reasoning_content"]) and "carry" in full
 
 
-def test_n_choices_with_a_seed_are_reproducible(client):
+def test_n_choices_with_a_seed_are_reproducible_and_share_the_prompt_blocks(served, client):
+    hits = served[1].engine.executor.stats["prefix_hit_tokens"]
     a = chat(client, n=3, temperature=1.0, seed=7, max_tokens=40)
+    block = served[1].engine.executor.cache.block_size
+    full_blocks = a.usage.prompt_tokens // block * block
+    # choices 2 and 3 at least find every full block of the prompt that choice 1 computed
+    assert served[1].engine.executor.stats["prefix_hit_tokens"] - hits >= 2 * full_blocks > 0
     b = chat(client, n=3, temperature=1.0, seed=7, max_tokens=40)
     assert [c.index for c in a.choices] == [0, 1, 2]
     texts = [(c.message.model_extra["reasoning_content"], c.message.content) for c in a.choices]
@@ -228,3 +233,24 @@ def test_token_id_prompts_are_checked_against_the_model_vocabulary(served, clien
     assert ok.usage.prompt_tokens == 3
     r = _post(served[0], "/v1/completions", {"model": "demo", "prompt": [1, vocab], "max_tokens": 2})
     assert r.status_code == 400 and f"token id {vocab} outside the vocabulary" in r.json()["error"]["message"]
+
+
+def test_metrics_carry_gpu_memory_power_and_energy_from_nvml(monkeypatch):
+    from fakes import pynvml as fake
+
+    from fathom.runtime.nvml_devices import open_visible_gpus
+    from fathom.runtime.serve.metrics import ServerMetrics
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    fake.configure([fake.FakeDevice(mem_used_bytes=[3 * 2**30], power_mw=[250_000], energy_start_mj=7_000_000)])
+    try:
+        state = demo_state()
+        state.metrics = ServerMetrics(state.engine, open_visible_gpus(fake))
+        with running(state) as (url, _):
+            families = {f.name: f for f in text_string_to_metric_families(httpx.get(url + "/metrics").text)}
+        value = lambda name: families[name].samples[0]  # noqa: E731
+        assert value("fathom_gpu_memory_used_bytes").value == 3 * 2**30
+        assert value("fathom_gpu_power_watts").value == 250.0 and value("fathom_gpu_memory_used_bytes").labels == {"gpu": "0"}
+        assert value("fathom_gpu_energy_joules").value >= 7_000.0
+    finally:
+        fake.configure(library=False)

@@ -201,3 +201,23 @@ def test_without_tensorrt_llm_the_error_says_what_to_install(engine_dir, monkeyp
     monkeypatch.setitem(sys.modules, "tensorrt_llm", None)
     with pytest.raises(MissingDependencyError, match="tensorrt_llm is not importable"):
         open_executor(engine_dir)
+
+
+def test_fathom_serve_runs_an_engine_through_the_trtllm_executor(engine_dir, fake_trtllm):
+    import httpx
+
+    from fathom.build.sources import DEMO_DIR
+    from fathom.runtime.chat import load_tokenizer
+    from serve_harness import running, state_for
+
+    tok = load_tokenizer(DEMO_DIR)
+    state = state_for(open_executor(engine_dir, eos_ids=()), tok, 128)
+    prompt = [5, 6, 7]
+    with running(state) as (url, _):
+        r = httpx.post(url + "/v1/completions", json={"model": "demo", "prompt": prompt, "max_tokens": 4,
+                                                       "temperature": 0}, timeout=30)
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["text"] == tok.decode(script_tokens(fake_trtllm, prompt, 4))
+        refused = httpx.post(url + "/v1/completions", json={"model": "demo", "prompt": prompt, "max_tokens": 4,
+                                                             "logprobs": 1}, timeout=30)
+        assert refused.status_code == 400 and "not supported by the trtllm executor" in refused.text
