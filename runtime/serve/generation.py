@@ -1,7 +1,9 @@
 """One HTTP request's generation: its choices submitted to the engine, their events as deltas.
 
 A request with n choices (and, for /v1/completions, several prompts) becomes one executor request
-per choice; choices of one prompt share the prompt's KV blocks through the executor's prefix reuse.
+per choice. The first choice of each prompt is submitted at once and the others when it has its
+first token: by then the prompt's full KV blocks are registered, so they are shared through the
+executor's prefix reuse instead of being computed n times.
 Leaving `events()` early (a client that disconnects, an error) cancels every unfinished choice, so
 its KV blocks are freed at the engine's next step.
 """
@@ -40,6 +42,7 @@ class GenerationRun:
         self.created = int(time.time())
         self.arrival_s = now()
         self.prompt_tokens = sum(len(j.prompt_ids) for j in jobs)
+        self.prompts = len(jobs)
         self.choices: list[Choice] = []
         self.requests: list[Request] = []
         for p, job in enumerate(jobs):
@@ -64,13 +67,18 @@ class GenerationRun:
         """(choice, delta) as tokens arrive, until every choice has finished."""
         queue: asyncio.Queue[TokenEvent | BaseException] = asyncio.Queue()
         sink = asyncio_sink(asyncio.get_running_loop(), queue)
-        for request in self.requests:
-            self.engine.submit(request, sink)
+        n = len(self.requests) // self.prompts
+        followers = {}  # first choice's request id -> the prompt's other choices, submitted on its first event
+        for p in range(self.prompts):
+            self.engine.submit(self.requests[p * n], sink)
+            followers[self.requests[p * n].request_id] = self.requests[p * n + 1:(p + 1) * n]
         try:
             while not all(c.done for c in self.choices):
                 item = await queue.get()
                 if isinstance(item, BaseException):
                     raise EngineFailed(str(item)) from item
+                for request in followers.pop(item.request_id, ()):
+                    self.engine.submit(request, sink)
                 choice = self._by_id[item.request_id]
                 delta, cancel = choice.push(item)
                 if cancel:
