@@ -117,3 +117,12 @@ def test_same_seed_same_output_different_seed_differs():
     a, b, c = run(3), run(3), run(4)
     assert [x.token_ids for x in a] == [x.token_ids for x in b]
     assert [x.token_ids for x in a] != [x.token_ids for x in c]
+
+
+def test_streamed_deltas_never_show_the_start_of_a_stop_string():
+    script = list(b"The answer is 42. STOP more text")
+    deltas = []
+    [c] = generate_texts(ScriptedExecutor(script), ByteTokenizer(), [[1]],
+                         SamplingParams(max_new_tokens=100, stop_strings=("STOP",)), starts_in_think=False,
+                         on_delta=lambda i, d: deltas.append(d))
+    assert "".join(deltas) == c.text == "The answer is 42. "

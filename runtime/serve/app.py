@@ -135,7 +135,7 @@ async def _parse(state: ServerState, request: Request, model):
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > cap:
         raise APIError(413, f"request body of {declared} bytes exceeds the server's limit of {cap} bytes")
-    raw = b""
+    raw = bytearray()
     async for part in request.stream():
         raw += part
         if len(raw) > cap:

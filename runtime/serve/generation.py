@@ -16,12 +16,12 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import AsyncIterator
 
+from fathom.runtime.choices import Choice, Delta
 from fathom.runtime.executor import Request, TokenEvent, now
+from fathom.runtime.reasoning import ReasoningSplitter
 from fathom.runtime.sampling import SamplingParams
 
-from .choices import Choice, Delta
 from .engine import EngineLoop, asyncio_sink
-from .reasoning import ReasoningSplitter
 
 
 class EngineFailed(Exception):

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 
-from .choices import Choice, Delta, TokenLogprob
+from fathom.runtime.choices import Choice, Delta, TokenLogprob
+
 from .generation import GenerationRun
 
 
