@@ -8,6 +8,7 @@ records both, so the runtime can refuse with one line before it tries.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -26,8 +27,44 @@ class EngineCompatError(CheckpointError):
     """An engine was built for another tensorrt_llm version or GPU model than the one at hand."""
 
 
-def engine_manifest(spec, trtllm_version: str, tensorrt_version: str | None, build_gpu_name: str | None) -> dict:
-    """The manifest of an engine built from `spec` (a builder.BuildSpec)."""
+@dataclass(frozen=True)
+class BuiltSettings:
+    """The build and plugin settings an engine was built with, as its own config.json records them
+    (tensorrt_llm/builder.py `Engine.save`: `build_config`, with `plugin_config` inside it), and
+    where they differ from what fathom asked for."""
+
+    build_config: dict
+    plugin_config: dict
+    overrides: list[dict] = field(default_factory=list)  # {"field", "requested", "built"}
+
+    def warnings(self) -> list[str]:
+        return [f"tensorrt_llm build() changed {o['field']} from {json.dumps(o['requested'])} to "
+                f"{json.dumps(o['built'])}" for o in self.overrides]
+
+
+def read_built_settings(engine_dir: str | Path, requested_build: dict, requested_plugin: dict) -> BuiltSettings:
+    """The requested keys' values in the engine's config.json, and which of them build() changed."""
+    path = Path(engine_dir) / "config.json"
+    build_config = read_json(path).get("build_config")
+    if not isinstance(build_config, dict) or not isinstance(build_config.get("plugin_config"), dict):
+        raise CheckpointError(f"{path}: expected 'build_config' with 'plugin_config' (tensorrt_llm Engine.save)")
+    built, overrides = {}, []
+    for section, requested, values in (("build_config", requested_build, build_config),
+                                       ("plugin_config", requested_plugin, build_config["plugin_config"])):
+        built[section] = {}
+        for key, want in requested.items():
+            if key not in values:
+                raise CheckpointError(f"{path}: missing field '{section}.{key}'")
+            built[section][key] = values[key]
+            if values[key] != want:
+                overrides.append({"field": f"{section}.{key}", "requested": want, "built": values[key]})
+    return BuiltSettings(built["build_config"], built["plugin_config"], overrides)
+
+
+def engine_manifest(spec, built: BuiltSettings, trtllm_version: str, tensorrt_version: str | None,
+                    build_gpu_name: str | None) -> dict:
+    """The manifest of an engine built from `spec` (a builder.BuildSpec) with the settings `built`
+    read back from the engine."""
     from fathom.runtime import version as fathom_version
 
     ckpt = spec.checkpoint
@@ -45,8 +82,9 @@ def engine_manifest(spec, trtllm_version: str, tensorrt_version: str | None, bui
         "kv_cache": spec.settings.kv_cache,
         "mapping": {"tp_size": ckpt.mapping.tp_size, "pp_size": ckpt.mapping.pp_size,
                     "world_size": ckpt.mapping.world_size},
-        "build_config": spec.build_config_kwargs(),
-        "plugin_config": spec.plugin_config_kwargs(),
+        "build_config": built.build_config,
+        "plugin_config": built.plugin_config,
+        "build_overrides": built.overrides,  # what build() changed of the requested settings
         "runtime": spec.settings.runtime,
         "checkpoint": {
             "path": str(ckpt.path.absolute()),

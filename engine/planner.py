@@ -32,6 +32,7 @@ from fathom.build.mapping import Mapping, ShardKind, shard_shape
 from fathom.build.precision import DTYPE_BYTES, KvCacheFormat, WeightFormat
 
 from .gpus import GIB, GpuSpec
+from .trtllm_rules import ContextAttention, context_attention
 
 # Weight formats the planner sizes: those with a tensor-core rate in the GPU catalogue (fp32 has none).
 ENGINE_PRECISIONS = tuple(w for w in WeightFormat if w.compute_dtype is not None)
@@ -103,6 +104,11 @@ class Deployment:
         return self.precision.dtype or QUANTIZED_MODEL_DTYPE
 
     @property
+    def context_attention(self) -> ContextAttention:
+        """Context attention TensorRT-LLM builds for these formats: whether prompts can be chunked."""
+        return context_attention(self.precision, self.kv_cache)
+
+    @property
     def uses_fp8(self) -> bool:
         return self.precision is WeightFormat.FP8 or self.kv_cache is KvCacheFormat.FP8
 
@@ -167,7 +173,10 @@ def activation_bytes(cfg: ModelConfig, dep: Deployment, num_tokens: int, logits_
 
 def pick_max_num_tokens(cfg: ModelConfig, gpu: GpuSpec, dep: Deployment) -> int:
     """Largest power of two <= seq_len (at least 1024 when seq_len allows) whose activations stay
-    within ACTIVATION_SHARE of the GPU: one chunk then prefills a whole prompt where memory allows."""
+    within ACTIVATION_SHARE of the GPU: one chunk then prefills a whole prompt where memory allows.
+    Without chunked context one step must hold a whole prompt: seq_len."""
+    if not dep.context_attention.chunked_context:
+        return dep.seq_len
     budget = gpu.memory_bytes * ACTIVATION_SHARE
     tokens = 1 << (dep.seq_len.bit_length() - 1)
     while tokens > 1024 and activation_bytes(cfg, dep, tokens, 0, False) > budget:
@@ -255,6 +264,9 @@ def check_deployment(cfg: ModelConfig, gpu: GpuSpec, dep: Deployment) -> None:
         what = "weights" if dep.precision is WeightFormat.FP8 else "KV cache"
         raise PlanError(f"FP8 ({what}) needs FP8 tensor cores (sm >= 89); {gpu.name} is sm{gpu.sm}: "
                         f"use --precision {weights} and --kv-cache {kv_cache}")
+    refusal = gpu.integer_quant_refusal(dep.precision, dep.kv_cache)
+    if refusal:
+        raise PlanError(f"{refusal}: use --precision {WeightFormat.FP8} and --kv-cache {KvCacheFormat.FP8}")
     try:
         dep.mapping.check_model(cfg)
     except ConfigError as e:
@@ -311,7 +323,11 @@ def plan(cfg: ModelConfig, gpu: GpuSpec, dep: Deployment, model_name: str = "mod
     if dep.max_batch_size is not None and 1 <= concurrent < dep.max_batch_size:
         notes.append(f"max_batch_size {dep.max_batch_size} exceeds the {concurrent} sequences of "
                      f"{dep.seq_len} tokens that fit; the rest wait for KV blocks or must be shorter")
-    if tokens < dep.seq_len:
+    attention = dep.context_attention
+    if not attention.chunked_context:
+        notes.append(f"no chunked context ({attention.reason}): one step holds a whole prompt, so "
+                     f"max_num_tokens={tokens} bounds the prompt length")
+    elif tokens < dep.seq_len:
         notes.append(f"prompts longer than max_num_tokens={tokens} are prefilled in chunks (chunked context)")
     resolved = replace(dep, max_num_tokens=tokens, max_batch_size=max(batch, 1))
 

@@ -7,9 +7,14 @@ follow tensorrt-llm 1.2.1's `tensorrt_llm/builder.py` (BuildConfig) and `tensorr
 - max_seq_len = max_input_len = 16384 (otherwise max_seq_len comes from max_position_embeddings,
   131072, and max_input_len defaults to 1024); max_num_tokens and max_batch_size from the planner;
 - paged KV cache with paged context FMHA, which is what chunked context (a runtime switch) needs
-  to prefill prompts longer than max_num_tokens;
-- bf16: gemm_plugin "auto"; FP8: gemm_plugin disabled (for FP8 linears equivalent to "auto") and
-  FP8 context FMHA.
+  to prefill prompts longer than max_num_tokens, except where build() would switch it off
+  (engine/trtllm_rules.py): there the settings ask for none, chunked context is off and
+  max_num_tokens holds a whole prompt;
+- bf16: gemm_plugin "auto"; FP8: gemm_plugin disabled. FP8 linears run TensorRT's own FP8 GEMM
+  either way (tensorrt_llm/quantization/layers.py: FP8Linear takes the plugin only for
+  gemm_plugin "fp8", and "auto" reads as the model dtype); disabled differs from "auto" only for
+  the unquantized linears (lm_head), which then use TensorRT's GEMM instead of cuBLASLt;
+- FP8 context FMHA exactly where build() keeps it: FP8 weights beside an FP8 KV cache.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from fathom.build.precision import KvCacheFormat, QuantAlgo, WeightFormat
 from .fit_options import require_fit
 from .gpus import GIB, GpuSpec, catalogue
 from .planner import ENGINE_PRECISIONS, Deployment, Plan, plan
+from .trtllm_rules import check_runtime, check_step_holds_a_prompt, context_attention
 
 if TYPE_CHECKING:
     from fathom.build.checkpoint import CheckpointInfo
@@ -105,14 +111,14 @@ class BuildSettings:
         return d
 
 
-def plugin_settings(precision: WeightFormat) -> dict:
-    fp8 = precision is WeightFormat.FP8
+def plugin_settings(precision: WeightFormat, kv_cache: KvCacheFormat) -> dict:
+    attention = context_attention(precision, kv_cache)
     return {
         "gpt_attention_plugin": "auto",
-        "gemm_plugin": None if fp8 else "auto",  # None = disabled; for FP8 linears equivalent to "auto"
+        "gemm_plugin": None if precision is WeightFormat.FP8 else "auto",  # None = disabled
         "context_fmha": True,
-        "use_paged_context_fmha": True,  # needed by chunked context and KV reuse
-        "use_fp8_context_fmha": fp8,
+        "use_paged_context_fmha": attention.paged_context_fmha,  # needed by chunked context and KV reuse
+        "use_fp8_context_fmha": attention.fp8_context_fmha,
         "paged_kv_cache": True,
         "remove_input_padding": True,
         "tokens_per_block": TOKENS_PER_BLOCK,
@@ -125,8 +131,9 @@ def settings_from_plan(p: Plan, name: str | None, model: str) -> BuildSettings:
         name=name, gpu=p.gpu.key, model=model, precision=d.precision, kv_cache=d.kv_cache, tp=d.tp, pp=d.pp,
         build_config={"max_seq_len": d.seq_len, "max_input_len": d.seq_len, "max_num_tokens": d.max_num_tokens,
                       "max_batch_size": d.max_batch_size, "max_beam_width": 1},
-        plugin_config=plugin_settings(d.precision),
-        runtime={"enable_chunked_context": True, "kv_cache_free_gpu_memory_fraction": 0.9},
+        plugin_config=plugin_settings(d.precision, d.kv_cache),
+        runtime={"enable_chunked_context": d.context_attention.chunked_context,
+                 "kv_cache_free_gpu_memory_fraction": 0.9},
         planned=planned_summary(p), notes=p.notes,
     )
 
@@ -225,10 +232,20 @@ def check_compat(s: BuildSettings, ckpt: CheckpointInfo, gpu: GpuSpec) -> None:
                         f"(quantization.kv_cache_quant_algo = {_algo_text(kv_cache.quant_algo)}); use --gpu {gpu.key}")
     if (weights is WeightFormat.FP8 or kv_cache is KvCacheFormat.FP8) and not gpu.fp8:
         raise PlanError(f"{ckpt.path} holds FP8 tensors but {gpu.name} is sm{gpu.sm}; FP8 needs sm >= 89")
+    refusal = gpu.integer_quant_refusal(weights, kv_cache)
+    if refusal:
+        raise PlanError(f"{ckpt.path}: {refusal}; convert with --precision {WeightFormat.FP8} "
+                        f"--kv-cache {KvCacheFormat.FP8}")
     tp, pp = ckpt.mapping.tp_size, ckpt.mapping.pp_size
     if (s.tp, s.pp) != (tp, pp):
         raise PlanError(f"{label} is sized for tp={s.tp} pp={s.pp} but {ckpt.path} is mapped tp={tp} pp={pp}; "
                         f"convert with --tp {s.tp} --pp {s.pp}, or use --gpu {gpu.key} to size for this mapping")
+    attention = context_attention(weights, kv_cache)
+    if s.plugin_config.get("use_paged_context_fmha") and not attention.paged_context_fmha:
+        raise PlanError(f"{label} asks for use_paged_context_fmha but {attention.reason} ({ckpt.path}: {weights} "
+                        f"weights, {kv_cache} KV cache); use --gpu {gpu.key}")
+    check_runtime(s.runtime, s.plugin_config, label)
+    check_step_holds_a_prompt(s.build_config, s.runtime, label)
 
 
 def with_overrides(s: BuildSettings, max_seq_len: int | None = None, max_input_len: int | None = None,

@@ -147,11 +147,37 @@ def test_shorter_context_is_offered_when_only_the_kv_cache_is_too_big():
     assert "--seq-len 32768" not in flags  # only the nearest of each kind
 
 
-def test_a100_is_offered_weight_only_and_int8_kv_instead_of_fp8():
+def test_a100_is_offered_weight_only_instead_of_fp8():
     p = fathom_plan("a100-40gb", "bf16", seq_len=65536)
     flags = [f for f, _ in options_that_fit(FATHOM, p.gpu, p.deployment)]
     assert not any("fp8" in f for f in flags)
-    assert "--kv-cache int8" in flags
+    assert {"--precision w8a16", "--precision w4a16_awq"} <= set(flags)
+    # An INT8 KV cache builds without paged context FMHA: no chunked context, so one step holds a
+    # whole 65,536-token prompt and its activations leave no room for the KV cache.
+    assert "--kv-cache int8" not in flags
+    int8 = fathom_plan("a100-40gb", "bf16", kv="int8", seq_len=65536)
+    assert int8.deployment.max_num_tokens == 65536 and not int8.fits
+
+
+def test_without_chunked_context_one_step_holds_a_whole_prompt():
+    for precision, kv in (("bf16", "int8"), ("w4a16_awq", "int8"), ("bf16", "fp8"), ("fp8", "int8")):
+        p = fathom_plan("l4", precision, kv=kv)
+        assert p.deployment.max_num_tokens == 16384 and "no chunked context" in p.notes[0], (precision, kv)
+    chunked = fathom_plan("l4", "fp8", kv="model")
+    assert chunked.deployment.max_num_tokens < 16384 and "chunked context" in chunked.notes[-1]
+    assert fathom_plan("l4", "fp8", kv="int8").activation_bytes > chunked.activation_bytes
+
+
+def test_gpus_from_sm100_refuse_integer_quantization():
+    from dataclasses import replace
+
+    sm100 = replace(get_gpu("h200"), key="sm100-test", name="sm100 test GPU", compute_capability="10.0")
+    for precision, kv in (("w8a16", "model"), ("w4a16_awq", "model"), ("bf16", "int8"), ("fp8", "int8")):
+        with pytest.raises(PlanError, match=r"sm100: TensorRT-LLM 1.2.1 builds no INT8/INT4 quantization"):
+            plan(FATHOM, sm100, Deployment(precision=precision, kv_cache=kv))
+    assert plan(FATHOM, sm100, Deployment(precision="fp8", kv_cache="fp8")).fits
+    sm120 = replace(sm100, compute_capability="12.0")  # upstream's rule stops below sm120
+    assert plan(FATHOM, sm120, Deployment(precision="w4a16_awq")).fits
 
 
 def test_impossible_deployments_are_refused():

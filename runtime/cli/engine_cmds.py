@@ -79,7 +79,7 @@ def plan_cmd(model, gpu, precision, kv_cache, seq_len, tp, pp, max_num_tokens, m
 @click.option("--max-input-len", type=int, default=None, help="Override max_input_len [preset: max_seq_len].")
 @click.option("--max-num-tokens", type=int, default=None, help="Override max_num_tokens.")
 @click.option("--dry-run", is_flag=True, help="Print the plan, the BuildConfig and the trtllm-build command; build nothing.")
-@click.option("--workers", type=int, default=1, show_default=True, help="Ranks built in parallel (one GPU each).")
+@click.option("--workers", type=int, default=1, show_default=True, help="Ranks built in parallel, at most one per visible GPU; rank r builds on GPU r % workers.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @json_option
 def build_cmd(ckpt, out, preset, gpu, max_seq_len, max_batch_size, max_input_len, max_num_tokens, dry_run,
@@ -87,7 +87,8 @@ def build_cmd(ckpt, out, preset, gpu, max_seq_len, max_batch_size, max_input_len
     """Build a TensorRT-LLM 1.2.1 engine OUT from checkpoint CKPT (one engine per rank).
 
     OUT gets TRT-LLM's config.json, rank{N}.engine and fathom-engine.json (versions, GPU,
-    build config, checkpoint hash). Nothing is left behind if any rank fails.
+    build config as the engine records it, checkpoint hash). Nothing is left behind if any rank
+    fails. tensorrt_llm's own output goes to stderr, so --json prints one JSON object.
 
     \b
         fathom build ./ckpt-fp8 ./engine --preset h100-sxm-fp8
@@ -117,7 +118,10 @@ def build_cmd(ckpt, out, preset, gpu, max_seq_len, max_batch_size, max_input_len
     def on_rank(rank: int, seconds: float) -> None:
         click.echo(f"rank {rank} of {n} built in {seconds:.1f} s", err=True)
 
-    path = build_engine(spec, out, force=force, workers=workers, on_rank=on_rank)
+    def on_warning(line: str) -> None:
+        click.echo(f"warning: {line}", err=True)
+
+    path = build_engine(spec, out, force=force, workers=workers, on_rank=on_rank, on_warning=on_warning)
     seconds = time.monotonic() - start
     if as_json:
         from fathom.engine.manifest import read_engine_manifest
