@@ -131,3 +131,17 @@ def test_build_refuses_an_fp8_checkpoint_for_an_sm80_gpu(tmp_path):
     ckpt = write_checkpoint(tmp_path / "ckpt", quant_algo="FP8", kv_algo="FP8")
     r = run("build", str(ckpt), str(tmp_path / "engine"), "--gpu", "a100", "--dry-run")
     assert r.exit_code == 1 and "needs FP8 tensor cores (sm >= 89)" in r.output and "sm80" in r.output
+
+
+def test_build_json_stays_one_json_object_while_tensorrt_llm_prints(tmp_path, fake_trtllm):  # noqa: F811
+    for name in [m for m in sys.modules if m == "tensorrt_llm" or m.startswith("tensorrt_llm.")]:
+        del sys.modules[name]  # imported by the command itself: its banner prints then
+    ckpt = write_checkpoint(tmp_path / "ckpt", kv_algo="INT8")
+    r = run("build", str(ckpt), str(tmp_path / "engine"), "--gpu", "l40s", "--max-batch-size", "1",
+            "--max-seq-len", "2048", "--max-num-tokens", "4096", "--json")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["manifest"]["build_config"]["max_num_tokens"] == 2048  # what the engine holds
+    assert d["manifest"]["runtime"]["enable_chunked_context"] is False
+    assert "TensorRT LLM version: 1.2.1" in r.stderr
+    assert "warning: tensorrt_llm build() changed build_config.max_num_tokens from 4096 to 2048" in r.stderr
