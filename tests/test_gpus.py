@@ -4,6 +4,7 @@ import types
 import pytest
 
 from fathom.build.errors import ConfigError, PlanError
+from fathom.build.precision import KvCacheFormat, WeightFormat
 from fathom.engine import gpus
 from fathom.engine.gpus import GpuSpec, catalogue, get_gpu, gpu_from_nvml_name
 
@@ -45,6 +46,26 @@ def test_inconsistent_fp8_flag_is_rejected():
         GpuSpec(key="x", name="X", aliases=(), nvml_names=("X",), memory_gib=8, memory_bandwidth_tb_s=1.0,
                 dense_tflops={"bf16": 10.0, "fp8": 20.0, "int8": 20.0}, compute_capability="8.0", fp8=True,
                 source="test")
+
+
+def _synthetic(compute_capability: str) -> GpuSpec:
+    return GpuSpec(key="x", name="X", aliases=(), nvml_names=("X",), memory_gib=180, memory_bandwidth_tb_s=8.0,
+                   dense_tflops={"bf16": 2250.0, "fp8": 4500.0}, compute_capability=compute_capability, fp8=True,
+                   source="test")
+
+
+def test_sm100_to_sm119_refuse_integer_weight_only_and_int8_kv():
+    # tensorrt_llm/builder.py build() (1.2.1): 100 <= sm < 120 raises for INT8/INT4 weight-only and INT8 KV.
+    sm100 = _synthetic("10.0")
+    for weights in (WeightFormat.W8A16, WeightFormat.W4A16_AWQ):
+        assert f"{weights} weights" in sm100.integer_quant_refusal(weights, KvCacheFormat.MODEL)
+    assert "an int8 KV cache" in sm100.integer_quant_refusal(WeightFormat.FP8, KvCacheFormat.INT8)
+    for weights in (WeightFormat.BF16, WeightFormat.FP16, WeightFormat.FP8):
+        for kv in (KvCacheFormat.MODEL, KvCacheFormat.FP8):
+            assert sm100.integer_quant_refusal(weights, kv) is None
+    for cc in ("9.0", "12.0"):
+        assert _synthetic(cc).integer_quant_refusal(WeightFormat.W4A16_AWQ, KvCacheFormat.INT8) is None
+    assert all(g.integer_quant_refusal(WeightFormat.W8A16, KvCacheFormat.INT8) is None for g in catalogue().values())
 
 
 def test_every_weight_format_compute_dtype_must_have_a_rate():

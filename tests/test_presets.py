@@ -111,6 +111,27 @@ def test_fp8_checkpoint_on_an_sm80_gpu_is_refused(ckpt):
         check_compat(s, ckpt("fp8", "model"), get_gpu("a100"))
 
 
+def test_settings_asking_for_what_build_turns_off_are_refused(ckpt):
+    # As if hand-edited: an INT8 KV cache with the bf16 preset's paged context FMHA and chunked context.
+    s = replace(load_preset("h100-sxm-bf16"), kv_cache=KvCacheFormat.INT8)
+    with pytest.raises(PlanError, match="asks for use_paged_context_fmha but TensorRT-LLM builds no paged context "
+                                        "FMHA beside an int8 KV cache"):
+        check_compat(s, ckpt("bf16", "int8"), get_gpu("h100"))
+    s = replace(s, plugin_config=dict(s.plugin_config, use_paged_context_fmha=False))
+    with pytest.raises(PlanError, match="runtime enable_chunked_context=true needs an engine with use_paged_context"):
+        check_compat(s, ckpt("bf16", "int8"), get_gpu("h100"))
+    s = replace(s, runtime=dict(s.runtime, enable_chunked_context=False))
+    check_compat(s, ckpt("bf16", "int8"), get_gpu("h100"))  # max_num_tokens 16384 holds a whole prompt
+    with pytest.raises(PlanError, match="max_num_tokens 8192 is below max_input_len 16384 and chunked context is off"):
+        check_compat(with_overrides(s, max_num_tokens=8192), ckpt("bf16", "int8"), get_gpu("h100"))
+
+
+def test_fp8_kv_beside_bf16_weights_gets_no_paged_context_fmha(ckpt):
+    s = replace(load_preset("h100-sxm-bf16"), kv_cache=KvCacheFormat.FP8)
+    with pytest.raises(PlanError, match="paged context FMHA beside an fp8 KV cache only for fp8 weights"):
+        check_compat(s, ckpt("bf16", "fp8"), get_gpu("h100"))
+
+
 def test_overrides_keep_input_within_sequence_length():
     s = with_overrides(load_preset("h100-sxm-bf16"), max_seq_len=8192, max_batch_size=3)
     assert s.build_config["max_seq_len"] == s.build_config["max_input_len"] == 8192
