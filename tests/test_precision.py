@@ -61,6 +61,8 @@ def test_convert_and_plan_take_the_same_precision_and_kv_words(command, tmp_path
     runner = CliRunner()
     for i, (precision, kv) in enumerate([("bf16", "model"), ("fp16", "int8"), ("fp8", "fp8"), ("w8a16", "model")]):
         args = [a.format(out=tmp_path / str(i)) for a in command]
+        if command[0] == "convert" and precision == "w8a16":  # tiny's MLP width 160 would be padded by TRT-LLM
+            args += ["--exclude", "lm_head,*.mlp.*"]
         result = runner.invoke(main, [*args, "--precision", precision, "--kv-cache", kv, "--json"])
         assert result.exit_code == 0, (args, precision, kv, result.output)
     old = runner.invoke(main, [*[a.format(out=tmp_path / "old") for a in command], "--kv-cache", "bf16"])
@@ -88,7 +90,9 @@ def test_executors_and_run_records_name_the_checkpoint_formats_with_the_same_wor
     from fathom.runtime.records import environment
 
     ckpt = tmp_path / "w8"
-    result = CliRunner().invoke(main, ["convert", "random:tiny", str(ckpt), "--precision", "w8a16", "--kv-cache", "int8"])
+    # tiny's MLP width (160) is one TensorRT-LLM would pad for W8A16: only attention is quantized.
+    result = CliRunner().invoke(main, ["convert", "random:tiny", str(ckpt), "--precision", "w8a16", "--kv-cache", "int8",
+                                       "--exclude", "lm_head,*.mlp.*"])
     assert result.exit_code == 0, result.output
     ex = create_executor(executor, resolve_model(str(ckpt)), dtype="float32", device="cpu", max_seq_len=64)
     info = ex.describe()
