@@ -3,6 +3,7 @@ would pad (quantization/layers.py) and FP8 exclusions that split the fused gated
 (models/modeling_utils.py `fuse_gate_mlp`)."""
 
 import pytest
+import torch
 
 from fathom.build.config import preset
 from fathom.build.errors import ConfigError
@@ -69,3 +70,46 @@ def test_fp8_pair_excluded_by_glob_is_also_listed_by_exact_fc_name():
     assert not qcfg.quantizes("transformer.layers.0.mlp.gate") and qcfg.quantizes("transformer.layers.0.mlp.proj")
     plain = make_quant_config(tiny, "fp8", exclude=["lm_head"])
     assert plain.exclude_modules == ("lm_head", "transformer.vocab_embedding")
+
+
+def test_w8a16_load_quantization_rounds_halves_away_from_zero_with_scales_in_the_weight_dtype():
+    from fathom.build.quant.int8 import quantize_per_channel_int8
+
+    # amax 1 -> scale 1/128: 5/256 and -5/256 sit exactly on +-2.5 steps, 3/256 on 1.5.
+    w = torch.tensor([[1.0, 5 / 256, -5 / 256, 3 / 256], [0.0, 0.0, 0.0, 0.0]], dtype=torch.bfloat16)
+    q, scale = quantize_per_channel_int8(w)
+    assert q.tolist() == [[127, 3, -3, 2], [0, 0, 0, 0]]  # torch.round would give 2 and -2
+    assert scale.dtype == torch.bfloat16 and scale.tolist() == [[1 / 128, 0.0]]
+
+
+def test_w8a16_row_parallel_scales_are_per_rank_shard():
+    from fathom.build.quant.int8 import dequantize_per_channel_int8, quantize_per_channel_int8
+
+    small = 2.0 ** -10
+    w = torch.cat([torch.full((2, 4), small), torch.full((2, 4), 64.0)], dim=1)  # (out 2, in 8), rank 1 larger
+    q, scale = quantize_per_channel_int8(w, parts=2)
+    assert scale.tolist() == [[small / 128] * 2, [64 / 128] * 2]
+    # amax maps to 128 steps, clamped to 127; one scale over the row (64/128) would flush rank 0's weights to 0
+    assert torch.equal(dequantize_per_channel_int8(q, scale), w * 127 / 128)
+
+
+def test_torch_executor_quantizes_a_tp2_w8a16_checkpoint_per_rank_like_trtllm(tmp_path):
+    from fathom.build.convert import ConvertOptions, convert
+    from fathom.build.quant.int8 import quantize_per_channel_int8
+    from fathom.build.quant.quantizer import QuantTransform
+    from fathom.build.sources import resolve_model
+    from fathom.build.tp_split import split_shards
+    from fathom.build.mapping import ShardKind
+    from fathom.runtime.loader import load_model, native_tensors_from_hf
+
+    src = resolve_model("random:tiny")
+    qcfg = make_quant_config(src.config, "w8a16", exclude=["lm_head", "*.mlp.*"])
+    convert(src, tmp_path / "tp2", ConvertOptions(dtype="bfloat16", tp=2), transform=QuantTransform(qcfg, src.config))
+    model = load_model(resolve_model(str(tmp_path / "tp2")), "float32", "cpu", 64)
+    dense = model.get_submodule("transformer.layers.0.attention.dense")
+    w = native_tensors_from_hf(src)["transformer.layers.0.attention.dense.weight"].to(torch.bfloat16)
+    want = [quantize_per_channel_int8(shard)[1][0] for shard in split_shards(ShardKind.ROW, w, 2, src.config)]
+    assert dense.per_channel_scale.dtype == torch.bfloat16
+    assert torch.equal(dense.per_channel_scale, torch.stack(want))
+    qkv = model.get_submodule("transformer.layers.0.attention.qkv")  # column-parallel: whole rows, one scale each
+    assert qkv.per_channel_scale.shape == (1, qkv.out_features)
