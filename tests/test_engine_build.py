@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from fathom.build.checkpoint import checkpoint_info
 from fathom.build.config import preset
+from fathom.build.safetensors_io import encode_header
 from fathom.build.errors import CheckpointError, MissingDependencyError, OutputExistsError, PlanError
 from fathom.engine import builder
 from fathom.engine.builder import BUILD_CONFIG_FIELDS, build_engine, prepare_build, trtllm_build_command
@@ -20,8 +22,9 @@ FAKES = Path(__file__).parent / "fakes"
 
 def write_checkpoint(root: Path, name: str = "tiny", tp: int = 1, pp: int = 1, quant_algo=None, kv_algo=None,
                      manifest: bool = True) -> Path:
-    """A checkpoint dir as fathom convert lays it out: config.json (the QWenConfig keys), one
-    placeholder rank file per rank (the fake from_checkpoint only checks they exist), fathom.json."""
+    """A checkpoint dir as fathom convert lays it out: config.json (the QWenConfig keys), one rank
+    file per rank with the planned tensor names and shapes (data left as a sparse hole: the fake
+    from_checkpoint reads headers only), fathom.json."""
     cfg = preset(name)
     root.mkdir(parents=True)
     config = {
@@ -38,8 +41,11 @@ def write_checkpoint(root: Path, name: str = "tiny", tp: int = 1, pp: int = 1, q
                          "exclude_modules": ["lm_head"] if quant_algo else None},
     }
     (root / "config.json").write_text(json.dumps(config))
-    for r in range(tp * pp):
-        (root / f"rank{r}.safetensors").write_bytes(b"placeholder")
+    for plan in checkpoint_info(config, root, "config.json").rank_plans():
+        header = encode_header(plan.entries())
+        with open(root / plan.info.file_name, "wb") as f:
+            f.write(header)
+            f.truncate(len(header) + plan.nbytes)
     if manifest:
         (root / "fathom.json").write_text(json.dumps({"format": "test", "ranks": tp * pp}))
     return root
