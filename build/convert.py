@@ -30,6 +30,7 @@ from .safetensors_io import SafetensorsWriter, WriteBehind, encode_header
 from .sources import ModelSource
 from .tp_split import split_shards
 from .precision import DTYPES, torch_dtype
+from .quant.quantizer import trtllm_padding
 from .transform import CastTransform, TensorTransform, checkpoint_specs
 from .weight_map import IGNORED_HF_SUFFIXES, hf_shapes, trtllm_sources
 from .weights import check_finite, check_tensors
@@ -246,4 +247,5 @@ def convert(source: ModelSource, out: str | Path, options: ConvertOptions = Conv
             "total_bytes": total, "seconds": round(seconds, 3),
             "write_mb_per_s": round(total / 1e6 / seconds, 1) if seconds > 0 else None,
             "tokenizer_files": [p.name for p in extra_files[1:]],
-            "ignored_source_tensors": plan.ignored_source_tensors}
+            "ignored_source_tensors": plan.ignored_source_tensors,
+            "trtllm_build_refusal": trtllm_padding(qcfg, plan.cfg, plan.mapping.tp_size)}

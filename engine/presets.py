@@ -58,13 +58,18 @@ def engine_formats(ckpt: CheckpointInfo) -> tuple[WeightFormat, KvCacheFormat]:
 def read_build_checkpoint(path: str | Path) -> CheckpointInfo:
     """The TRT-LLM checkpoint an engine is built from (build/checkpoint.py reads it; no weights read)."""
     from fathom.build.checkpoint import read_checkpoint
+    from fathom.build.quant.quantizer import trtllm_padding
     from fathom.build.sources import resolve_model
 
     src = resolve_model(str(path))
     if src.kind != "checkpoint":
         raise CheckpointError(f"{path}: expected a TRT-LLM checkpoint (config.json with 'architecture' and 'mapping'), "
                               f"got a {src.kind} {'directory' if src.path else 'source'}; convert it first with fathom convert")
-    return read_checkpoint(path)
+    ckpt = read_checkpoint(path)
+    refusal = trtllm_padding(ckpt.quantization, ckpt.cfg, ckpt.mapping.tp_size)
+    if refusal:
+        raise PlanError(f"{path}: TensorRT-LLM cannot build this checkpoint: {refusal}")
+    return ckpt
 
 
 def describe_model(spec: str) -> dict:

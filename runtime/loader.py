@@ -53,7 +53,8 @@ def load_model(source: ModelSource, dtype: str = "float32", device: str | None =
         if qcfg.quantized:
             from .quant_linear import load_quantized_model
 
-            return load_quantized_model(source.config, tensors, qcfg, torch_dtype(dtype), device, max_seq_len)
+            return load_quantized_model(source.config, tensors, qcfg, torch_dtype(dtype), device, max_seq_len,
+                                        tp=ckpt.mapping.tp_size)
     else:
         raise ConfigError(f"{source.spec}: the torch executor cannot run a TensorRT engine; "
                           "pass the checkpoint it was built from, or use --executor trtllm")

@@ -9,7 +9,9 @@ the weight inside forward otherwise; the reason is kept and reported (`describe_
 - FP8 (W8A8): input quantized with the static calibrated scale, then `torch._scaled_mm`
   (CPU in recent torch; CUDA from sm89), else dequantized fp32 matmul of the same fp8 values.
 - W8A16: the checkpoint holds bf16 weights (see fathom.build.quant.int8); they are quantized here at
-  load exactly as TensorRT-LLM does, then `torch._weight_int8pack_mm` (CPU) or dequantize.
+  load exactly as TensorRT-LLM does (scales in the checkpoint dtype, halves rounded away from zero,
+  row-parallel linears per rank shard of a tp > 1 checkpoint), then `torch._weight_int8pack_mm`
+  (CPU; once per rank shard) or dequantize.
 - W4A16-AWQ: input times `prequant_scaling_factor`, then `torch._weight_int4pack_mm_for_cpu`
   (CPU) or dequantize.
 - KV cache (FP8/INT8): the checkpoint's format and per-layer `kv_cache_scaling_factor` become the
@@ -24,6 +26,7 @@ import torch
 from torch import nn
 
 from fathom.build.config import ModelConfig
+from fathom.build.mapping import ShardKind
 from fathom.build.precision import KvCacheFormat, QuantAlgo, WeightFormat, dtype_word
 from fathom.build.quant.awq import dequantize_groupwise_int4, unpack_int4
 from fathom.build.quant.config import QuantConfig, linear_modules
@@ -100,17 +103,21 @@ class Fp8Linear(QuantLinear):
 class Int8WeightOnlyLinear(QuantLinear):
     kind = "int8"
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype):
-        q, scale = quantize_per_channel_int8(weight)  # TRT-LLM's load-time W8A16 quantization
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype, parts: int = 1):
+        q, scale = quantize_per_channel_int8(weight, parts)  # TRT-LLM's load-time W8A16 quantization
         super().__init__(*q.shape, bias)
-        self.register_buffer("weight", q)  # (out, in) int8
-        self.register_buffer("per_channel_scale", scale)  # (out,) float32
+        # (parts, out, in/parts): one contiguous block per rank shard, as aten's kernel needs
+        self.register_buffer("weight", q.reshape(q.shape[0], parts, -1).transpose(0, 1).contiguous())
+        self.register_buffer("per_channel_scale", scale)  # (parts, out) in the checkpoint dtype
         self._choose_path("int8pack_mm", dtype)
 
     def _matmul(self, x2d):
         if self.path == "int8pack_mm":
-            return torch._weight_int8pack_mm(x2d, self.weight, self.per_channel_scale.to(x2d.dtype))
-        return x2d.float() @ dequantize_per_channel_int8(self.weight, self.per_channel_scale).t()
+            xs = x2d.chunk(self.weight.shape[0], dim=1)
+            return sum(torch._weight_int8pack_mm(x, w, s.to(x2d.dtype))
+                       for x, w, s in zip(xs, self.weight, self.per_channel_scale))
+        q = self.weight.transpose(0, 1).reshape(self.out_features, self.in_features)
+        return x2d.float() @ dequantize_per_channel_int8(q, self.per_channel_scale).t()
 
 
 class Int4AwqLinear(QuantLinear):
@@ -159,10 +166,12 @@ def _take(tensors: dict[str, torch.Tensor], name: str, device) -> torch.Tensor |
 
 
 def build_quant_linears(cfg: ModelConfig, tensors: dict[str, torch.Tensor], qcfg: QuantConfig,
-                        dtype: torch.dtype, device) -> dict[str, QuantLinear]:
-    """Quantized modules for every quantized linear; their tensors are removed from `tensors`."""
+                        dtype: torch.dtype, device, tp: int = 1) -> dict[str, QuantLinear]:
+    """Quantized modules for every quantized linear; their tensors are removed from `tensors`.
+    `tp`: the tensor parallelism of the checkpoint the tensors were merged from (W8A16 quantizes
+    row-parallel linears per rank shard, as TensorRT-LLM loads them)."""
     modules: dict[str, QuantLinear] = {}
-    for module in linear_modules(cfg):
+    for module, kind in linear_modules(cfg).items():
         if not qcfg.quantizes(module):
             continue
         get = lambda leaf: _take(tensors, f"{module}.{leaf}", device)  # noqa: E731
@@ -172,7 +181,8 @@ def build_quant_linears(cfg: ModelConfig, tensors: dict[str, torch.Tensor], qcfg
             modules[module] = Fp8Linear(get("weight"), get("weights_scaling_factor"),
                                         get("activation_scaling_factor"), bias, dtype)
         elif qcfg.quant_algo is QuantAlgo.W8A16:
-            modules[module] = Int8WeightOnlyLinear(get("weight"), bias, dtype)
+            modules[module] = Int8WeightOnlyLinear(get("weight"), bias, dtype,
+                                                   parts=tp if kind is ShardKind.ROW else 1)
         else:
             modules[module] = Int4AwqLinear(get("weight"), get("weights_scaling_factor"),
                                             get("prequant_scaling_factor"), bias, qcfg.group_size, dtype)
@@ -180,12 +190,13 @@ def build_quant_linears(cfg: ModelConfig, tensors: dict[str, torch.Tensor], qcfg
 
 
 def load_quantized_model(cfg: ModelConfig, tensors: dict[str, torch.Tensor], qcfg: QuantConfig,
-                         dtype: torch.dtype, device, max_seq_len: int):
-    """Qwen2Model with quantized linears and its KV cache format from merged TRT-LLM-named checkpoint tensors."""
+                         dtype: torch.dtype, device, max_seq_len: int, tp: int = 1):
+    """Qwen2Model with quantized linears and its KV cache format from TRT-LLM-named checkpoint
+    tensors merged from a checkpoint of tensor parallelism `tp`."""
     from .model import Qwen2Model
 
     tensors = dict(tensors)
-    modules = build_quant_linears(cfg, tensors, qcfg, dtype, device)
+    modules = build_quant_linears(cfg, tensors, qcfg, dtype, device, tp)
     kv_quant = None
     if qcfg.kv_cache_quant_algo is not None:
         scales = [tensors.pop(f"transformer.layers.{i}.attention.kv_cache_scaling_factor").float().reshape(1)

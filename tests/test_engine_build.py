@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from fathom.build.checkpoint import read_checkpoint
+from fathom.build.checkpoint import checkpoint_info, read_checkpoint
 from fathom.build.config import preset
+from fathom.build.safetensors_io import encode_header
 from fathom.build.errors import CheckpointError, MissingDependencyError, OutputExistsError, PlanError
 from fathom.engine import builder
 from fathom.engine.builder import BUILD_CONFIG_FIELDS, build_engine, prepare_build, trtllm_build_command
@@ -21,10 +22,15 @@ from fathom.engine.presets import check_compat, load_preset, settings_for_checkp
 FAKES = Path(__file__).parent / "fakes"
 
 
+# tiny's widths are ones TensorRT-LLM pads for weight-only formats (build refuses them); these are not.
+WEIGHT_ONLY_BUILDABLE = "fathom-r1-14b-4l"
+
+
 def write_checkpoint(root: Path, name: str = "tiny", tp: int = 1, pp: int = 1, quant_algo=None, kv_algo=None,
                      manifest: bool = True) -> Path:
-    """A checkpoint dir as fathom convert lays it out: config.json (the QWenConfig keys), one
-    placeholder rank file per rank (the fake from_checkpoint only checks they exist), fathom.json."""
+    """A checkpoint dir as fathom convert lays it out: config.json (the QWenConfig keys), one rank
+    file per rank with the planned tensor names and shapes (data left as a sparse hole: the fake
+    from_checkpoint reads headers only), fathom.json."""
     cfg = preset(name)
     root.mkdir(parents=True)
     config = {
@@ -41,8 +47,11 @@ def write_checkpoint(root: Path, name: str = "tiny", tp: int = 1, pp: int = 1, q
                          "exclude_modules": ["lm_head"] if quant_algo else None},
     }
     (root / "config.json").write_text(json.dumps(config))
-    for r in range(tp * pp):
-        (root / f"rank{r}.safetensors").write_bytes(b"placeholder")
+    for plan in checkpoint_info(config, root, "config.json").rank_plans():
+        header = encode_header(plan.entries())
+        with open(root / plan.info.file_name, "wb") as f:
+            f.write(header)
+            f.truncate(len(header) + plan.nbytes)
     if manifest:
         (root / "fathom.json").write_text(json.dumps({"format": "test", "ranks": tp * pp}))
     return root
@@ -266,7 +275,7 @@ FORMATS = [(None, None), ("FP8", "FP8"), ("FP8", None), ("FP8", "INT8"), (None, 
 @pytest.mark.parametrize("quant_algo,kv_algo", FORMATS)
 def test_fathom_asks_for_what_build_keeps_so_the_manifest_matches_the_engine(tmp_path, fake_trtllm, quant_algo,
                                                                              kv_algo):
-    ckpt = write_checkpoint(tmp_path / "ckpt", quant_algo=quant_algo, kv_algo=kv_algo)
+    ckpt = write_checkpoint(tmp_path / "ckpt", WEIGHT_ONLY_BUILDABLE, quant_algo=quant_algo, kv_algo=kv_algo)
     warnings = []
     out = build_engine(prepare_build(ckpt, gpu="l40s"), tmp_path / "engine", on_warning=warnings.append)
     m = read_engine_manifest(out)
@@ -284,7 +293,7 @@ def test_fathom_asks_for_what_build_keeps_so_the_manifest_matches_the_engine(tmp
 def test_int8_kv_engines_run_without_chunked_context(tmp_path, fake_trtllm):
     # The defect: fathom asked for paged context FMHA and chunked context, build() dropped the
     # former and the C++ executor refuses the latter on such an engine.
-    ckpt = write_checkpoint(tmp_path / "ckpt", quant_algo="W4A16_AWQ", kv_algo="INT8")
+    ckpt = write_checkpoint(tmp_path / "ckpt", WEIGHT_ONLY_BUILDABLE, quant_algo="W4A16_AWQ", kv_algo="INT8")
     spec = prepare_build(ckpt, gpu="l40s")
     assert spec.settings.plugin_config["use_paged_context_fmha"] is False
     assert spec.settings.runtime["enable_chunked_context"] is False
@@ -366,7 +375,7 @@ def test_integer_quantization_is_refused_for_sm100_before_building(tmp_path, fak
     from tensorrt_llm.models import QWenForCausalLM
 
     sm100 = replace(get_gpu("h200"), key="sm100-test", name="sm100 test GPU", compute_capability="10.0")
-    ckpt = write_checkpoint(tmp_path / "ckpt", quant_algo="W4A16_AWQ")
+    ckpt = write_checkpoint(tmp_path / "ckpt", WEIGHT_ONLY_BUILDABLE, quant_algo="W4A16_AWQ")
     info = read_checkpoint(ckpt)
     settings, _ = settings_for_checkpoint(info, get_gpu("h200"), None)
     with pytest.raises(PlanError, match=r"sm100: TensorRT-LLM 1.2.1 builds no INT8/INT4 quantization .*w4a16_awq"):
@@ -413,3 +422,10 @@ def test_importing_and_building_writes_nothing_to_stdout(tmp_path, fake_trtllm, 
     assert out == ""
     assert "TensorRT LLM version: 1.2.1" in err and "[TensorRT] fake native builder output" in err
     assert "Overriding paged_state to False" in err and "after the build" in err
+
+
+def test_build_refuses_weight_only_widths_tensorrt_llm_would_pad(tmp_path, fake_trtllm):
+    ckpt = write_checkpoint(tmp_path / "ckpt", quant_algo="W8A16")  # tiny: MLP width 160 = 2.5 * 64
+    with pytest.raises(PlanError, match=r"TensorRT-LLM cannot build this checkpoint: w8a16 at tp 1: "
+                                        r"transformer.layers.0.mlp.fc has 160 output features.*pads it to 192"):
+        prepare_build(ckpt, gpu="l40s")

@@ -62,7 +62,8 @@ def test_plan_refuses_fp32_with_the_reason_in_one_line():
 
 
 def test_plan_reads_precision_and_mapping_from_an_engine(tmp_path, fake_trtllm):  # noqa: F811
-    ckpt = write_checkpoint(tmp_path / "ckpt", "tiny", tp=2, quant_algo="W4A16_AWQ", kv_algo="INT8")
+    # Fathom widths: tiny's (hidden 64) are ones TensorRT-LLM pads for int4 at tp 2, which the fake refuses.
+    ckpt = write_checkpoint(tmp_path / "ckpt", "fathom-r1-14b-4l", tp=2, quant_algo="W4A16_AWQ", kv_algo="INT8")
     assert run("build", str(ckpt), str(tmp_path / "engine"), "--gpu", "l40s").exit_code == 0
     d = json.loads(run("plan", str(tmp_path / "engine"), "--gpu", "l40s", "--json").output)
     dep = d["deployment"]

@@ -44,9 +44,10 @@ def test_fp8_shared_amax_saturates_nothing_and_keeps_the_larger_scale():
 def test_int8_per_channel_round_trip_like_trtllm():
     w = _weight()
     q, scale = quantize_per_channel_int8(w)
-    assert q.dtype == torch.int8 and q.shape == w.shape and scale.shape == (w.shape[0],)
-    assert torch.allclose(scale, w.abs().amax(dim=1) / 128)  # TRT-LLM: amax / 2^(bits-1)
+    assert q.dtype == torch.int8 and q.shape == w.shape and scale.shape == (1, w.shape[0])
+    assert torch.allclose(scale[0], w.abs().amax(dim=1) / 128)  # TRT-LLM: amax / 2^(bits-1)
     err = (dequantize_per_channel_int8(q, scale) - w).abs()
+    scale = scale[0]
     clamped = q == 127  # the row max maps to 128 and is clamped: error up to one step
     assert (err <= scale[:, None] / 2 * 1.0001).logical_or(clamped).all()
     assert (err <= scale[:, None] * 1.0001).all()

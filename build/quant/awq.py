@@ -23,7 +23,9 @@ Checkpoint layout (TensorRT-LLM 1.2.1, as written by modelopt's export and read 
 - `prequant_scaling_factor`: (in,) in the model dtype (reshaped to (1, in) at load).
 `quantization.pre_quant_scale` must be true and `group_size` matches. TRT-LLM's kernels implement
 group sizes 64 and 128, and pad in/out features to multiples of max(64, group) * tp_size
-(`WeightOnlyGroupwiseQuantLinear`); Fathom-R1-14B's dims fit for tp 1, 2 and 4.
+(`WeightOnlyGroupwiseQuantLinear`), which `fathom build` refuses (quantizer.trtllm_padding):
+Fathom-R1-14B's widths fit for tp 1, 2 and 4; at tp 8 with groups of 128 its MLP width 13824 is
+not a multiple of 1024.
 """
 
 from __future__ import annotations

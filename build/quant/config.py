@@ -6,6 +6,18 @@ TypeError there: we write only fields that class declares. `exclude_modules` are
 matched against module names (tensorrt_llm/quantization/quantize.py, `quantize_layers`); a list
 replaces TRT-LLM's defaults (`*lm_head`, `*vocab_embedding`, ...), so ours always names the
 embedding as well.
+
+FP8 and the gated MLP. `trtllm-build` fuses each layer's `mlp.fc` and `mlp.gate` into one GEMM
+(`use_fused_mlp`, on by default; `fuse_gate_mlp` in tensorrt_llm/models/modeling_utils.py, called by
+`optimize_model` from builder.py `build`). It decides the fused layer's format from `mlp.fc` alone,
+through `QuantConfig._get_quant_cfg`, which matches an exclude entry only by exact name or as a
+trailing-`*` prefix (not fnmatch): an FP8 fc beside an excluded gate fails its
+`assert gate_weight.dtype == fc_weight.dtype`, an excluded fc beside an FP8 gate concatenates e4m3
+bytes with 16-bit weights, and a pair excluded by a glob such as `*.mlp.fc` takes the FP8 branch and
+reads a `weights_scaling_factor` the unquantized gate does not have. So FP8 refuses excluding only
+one of the pair, and for a pair excluded together lists the fc module by its exact name as well.
+q, k and v are one tensor (`attention.qkv`) in the checkpoint, so an exclude pattern always covers
+all three.
 """
 
 from __future__ import annotations
@@ -28,13 +40,12 @@ DEFAULT_EXCLUDE = ("lm_head",)
 
 
 
-def linear_modules(cfg: ModelConfig) -> dict[str, str]:
-    """Every linear module of the model (TRT-LLM names) -> "column" | "row" (tensor-parallel style:
-    column-parallel splits the output dim, qkv per q/k/v part; row-parallel the input dim)."""
-    style = {s: "row" if kind_of(f"{s}.weight") is ShardKind.ROW else "column" for s in LAYER_LINEARS}
-    out = {f"transformer.layers.{i}.{suffix}": style[suffix]
+def linear_modules(cfg: ModelConfig) -> dict[str, ShardKind]:
+    """Every linear module of the model (TRT-LLM names) -> how tensor parallelism splits its weight
+    (QKV, COLUMN: output features; ROW: input features; VOCAB: lm_head)."""
+    out = {f"transformer.layers.{i}.{suffix}": kind_of(f"{suffix}.weight")
            for i in range(cfg.num_hidden_layers) for suffix in LAYER_LINEARS}
-    out["lm_head"] = "column"
+    out["lm_head"] = ShardKind.VOCAB
     return out
 
 
@@ -148,6 +159,8 @@ def make_quant_config(cfg: ModelConfig, precision: WeightFormat | str | None = N
         # The load-time quantizer matches the patterns against tensor names
         # (`...mlp.proj.weight`), quantize_layers against module names: list both forms.
         patterns += [f"{p}.*" for p in patterns if f"{p}.*" not in patterns]
+    if algo is QuantAlgo.FP8:
+        patterns += _fused_mlp_exclusions(cfg, patterns)
     awq = algo is QuantAlgo.W4A16_AWQ
     qcfg = QuantConfig(quant_algo=algo, kv_cache_quant_algo=kv, group_size=group_size,
                        pre_quant_scale=awq, exclude_modules=tuple(patterns), source="--precision")
@@ -159,3 +172,19 @@ def make_quant_config(cfg: ModelConfig, precision: WeightFormat | str | None = N
                                   f"not a multiple of the group size {group_size}; leave it unquantized with "
                                   f"--exclude lm_head,'*.{suffix}'")
     return qcfg
+
+
+def _fused_mlp_exclusions(cfg: ModelConfig, patterns: list[str]) -> list[str]:
+    """FP8: refuse an exclude list that splits a layer's fc/gate pair (TensorRT-LLM fuses them, see
+    the module docstring); the exact names of excluded fc modules that `patterns` lists only by glob."""
+    excluded = lambda module: any(fnmatch.fnmatchcase(module, p) for p in patterns)  # noqa: E731
+    exact = []
+    for i in range(cfg.num_hidden_layers):
+        fc, gate = f"transformer.layers.{i}.mlp.fc", f"transformer.layers.{i}.mlp.gate"
+        if excluded(fc) != excluded(gate):
+            left, kept = (fc, gate) if excluded(fc) else (gate, fc)
+            raise ConfigError(f"--exclude: {left} is excluded but {kept} is not; TensorRT-LLM fuses mlp.fc and "
+                              "mlp.gate into one FP8 GEMM (use_fused_mlp), so exclude both or neither")
+        if excluded(fc) and fc not in patterns:
+            exact.append(fc)
+    return exact

@@ -13,6 +13,17 @@ layers' shapes): quantization always runs on the unsharded tensor, then
 - per-tensor scales (FP8 weight/activation, KV cache) are replicated: every rank gets the same value;
 - `prequant_scaling_factor` (per input channel) is replicated for column-parallel linears and split
   with the input features for row-parallel ones (attention.dense, mlp.proj).
+
+Weight-only padding (`trtllm_padding`). TensorRT-LLM builds a weight-only linear with its full
+in/out features rounded up to a multiple of `64 * tp` (W8A16: `WeightOnlyQuantLinear` /
+`WeightOnlyQuantRowLinear`) or `max(64, group_size) * tp` (W4A16_AWQ:
+`WeightOnlyGroupwiseQuantLinear` / `WeightOnlyGroupwiseQuantRowLinear`), in
+tensorrt_llm/quantization/layers.py; `PretrainedModel.load` (models/modeling_utils.py) then sets
+each checkpoint tensor on the padded parameter, and `Parameter.value` (parameter.py) asserts equal
+shapes. A checkpoint holds unpadded shards, so a width TensorRT-LLM would pad fails there at build
+time: `fathom convert` warns (the torch and reference executors run such a checkpoint) and
+`fathom build` refuses it before importing TensorRT-LLM. The full widths are the per-rank shard widths times tp (qkv
+with its KV heads duplicated below tp, as `Attention` builds it).
 """
 
 from __future__ import annotations
@@ -23,7 +34,7 @@ from fathom.build.config import ModelConfig
 from fathom.build.errors import ConfigError, WeightsError
 from fathom.build.layout import TensorSpec
 from fathom.build.precision import QuantAlgo
-from fathom.build.mapping import ShardKind
+from fathom.build.mapping import ShardKind, shard_shape
 
 from .awq import quantize_linear_awq
 from .calibrate import CalibStats
@@ -32,6 +43,7 @@ from .fp8 import amax, quantize_linear_fp8
 from .kv_cache import kv_cache_scale
 
 KV_SCALE = "attention.kv_cache_scaling_factor"
+WEIGHT_ONLY_PAD = 64  # TRT-LLM pads weight-only linears to multiples of this (AWQ: of max(it, group)) * tp
 FP8_SHARED_SCALE = (("mlp.fc", "mlp.gate"),)  # modules that share one FP8 weight scale (see fp8.py)
 
 
@@ -63,7 +75,7 @@ class QuantTransform:
                    TensorSpec(f"{module}.activation_scaling_factor", (1,), torch.float32, ShardKind.REPLICATED)]
         elif module is not None and algo is QuantAlgo.W4A16_AWQ:
             out_f, in_f = base.shape
-            row_parallel = self.linears[module] == "row"
+            row_parallel = self.linears[module] is ShardKind.ROW
             out = [TensorSpec(base.name, (out_f // 2, in_f), torch.int8, _packed_kind(base.kind)),
                    TensorSpec(f"{module}.weights_scaling_factor", (out_f, in_f // self.qcfg.group_size),
                               base.dtype, base.kind),
@@ -118,17 +130,44 @@ class QuantTransform:
         return out
 
 
+def _quantized_shards(qcfg: QuantConfig, cfg: ModelConfig, tp: int) -> dict:
+    """Each quantized linear -> (its ShardKind, its per-rank (out, in) shape)."""
+    return {module: (kind, shard_shape(kind, linear_dims(cfg, module), tp, cfg))
+            for module, kind in linear_modules(cfg).items() if qcfg.quantizes(module)}
+
+
 def check_quant_mapping(qcfg: QuantConfig, cfg: ModelConfig, tp: int) -> None:
-    """Refuse tensor-parallel splits the int4 layout cannot follow (one-line ConfigError)."""
+    """Refuse tensor-parallel splits the int4 layout cannot follow (one-line ConfigError): groups
+    straddling ranks, and odd output widths (int4 packs output features in pairs)."""
     if qcfg.quant_algo is not QuantAlgo.W4A16_AWQ:
         return
-    for module, style in linear_modules(cfg).items():
-        out_f, in_f = linear_dims(cfg, module)
-        if not qcfg.quantizes(module):
-            continue
-        if style == "row" and (in_f // tp) % qcfg.group_size:
-            raise ConfigError(f"--precision w4a16_awq --tp {tp}: {module} gives each rank {in_f // tp} input "
-                              f"features, not a multiple of the group size {qcfg.group_size}")
-        if style == "column" and not module.endswith(".attention.qkv") and (out_f // tp) % 2:
-            raise ConfigError(f"--precision w4a16_awq --tp {tp}: {module} gives each rank an odd number of "
-                              "output features; int4 packs them in pairs")
+    what = f"--precision {qcfg.weights(cfg.torch_dtype)} --tp {tp}"
+    for module, (kind, (out_rank, in_rank)) in _quantized_shards(qcfg, cfg, tp).items():
+        if kind is ShardKind.ROW and in_rank % qcfg.group_size:
+            raise ConfigError(f"{what}: {module} gives each rank {in_rank} input features, not a multiple of "
+                              f"the group size {qcfg.group_size}")
+        if kind is ShardKind.COLUMN and out_rank % 2:
+            raise ConfigError(f"{what}: {module} gives each rank an odd number of output features; int4 packs "
+                              "them in pairs")
+
+
+def trtllm_padding(qcfg: QuantConfig, cfg: ModelConfig, tp: int) -> str | None:
+    """Why TensorRT-LLM cannot build this checkpoint because it would pad a weight-only linear (see
+    the module docstring), or None. The torch and reference executors run such checkpoints."""
+    algo = qcfg.quant_algo
+    if algo not in (QuantAlgo.W8A16, QuantAlgo.W4A16_AWQ):
+        return None
+    awq = algo is QuantAlgo.W4A16_AWQ
+    base = max(WEIGHT_ONLY_PAD, qcfg.group_size) if awq else WEIGHT_ONLY_PAD
+    rule = (f"max({WEIGHT_ONLY_PAD}, group size {qcfg.group_size})" if awq else f"{WEIGHT_ONLY_PAD}") + f" * tp {tp}"
+    for module, (kind, (out_rank, in_rank)) in _quantized_shards(qcfg, cfg, tp).items():
+        widths = {"output": out_rank if kind is ShardKind.ROW else out_rank * tp,
+                  "input": in_rank * tp if kind is ShardKind.ROW else in_rank}
+        for side, width in widths.items():
+            if width % (base * tp):
+                suffix = module.split(".", 3)[-1]
+                return (f"{qcfg.weights(cfg.torch_dtype)} at tp {tp}: {module} has {width} {side} features, not a "
+                        f"multiple of {rule} = {base * tp}; TensorRT-LLM pads it to "
+                        f"{-(-width // (base * tp)) * base * tp} and then refuses the checkpoint's unpadded shape "
+                        f"(convert with --exclude lm_head,'*.{suffix}' to leave it unquantized)")
+    return None

@@ -79,6 +79,9 @@ def convert_cmd(src, out, dtype, tp, pp, max_seq_len, force, precision, kv_cache
                                  CalibConfig(calib_data, calib_samples, calib_seq_len, calib_seed))
     result = convert_quantized(source, out, ConvertOptions(dtype=dtype, tp=tp, pp=pp, max_seq_len=max_seq_len,
                                                            force=force, progress=sys.stderr.isatty()), quant_options)
+    if result["trtllm_build_refusal"]:
+        click.echo(f"warning: TensorRT-LLM cannot build this checkpoint: {result['trtllm_build_refusal']}; the torch "
+                   f"and reference executors run it", err=True)
     if as_json:
         emit_json(result)
         return
