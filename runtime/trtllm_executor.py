@@ -4,9 +4,10 @@ It drives TensorRT-LLM's C++ executor (`tensorrt_llm.bindings.executor.Executor`
 batching runtime that `ModelRunnerCpp` wraps and Triton's tensorrtllm_backend runs. The API maps one
 to one onto fathom's executor interface: `submit` = `enqueue_request` (the request joins the next
 iteration, with its own sampling parameters, seed, max_new_tokens and stop ids), `step` =
-`await_responses` with a short timeout, `cancel` = `cancel_request`. Names and semantics below are
-those of NVIDIA/TensorRT-LLM 1.2: cpp/tensorrt_llm/nanobind/executor/{executor,request}.cpp (the
-bindings), cpp/tensorrt_llm/executor/executorImpl.cpp (ranks, cancel, shutdown) and
+`await_responses` with a short timeout, `cancel` = `cancel_request`. Names and semantics below come
+from the NVIDIA/TensorRT-LLM sources of the 1.2 line: cpp/tensorrt_llm/{nanobind,pybind}/executor/
+{executor,request}.cpp (the bindings; both declare the keyword names used here),
+cpp/tensorrt_llm/executor/executorImpl.cpp (ranks, cancel, shutdown) and
 tensorrt_llm/runtime/model_runner_cpp.py (how `from_dir` and `generate` build the same objects).
 
 Requests:

@@ -1,7 +1,8 @@
 """Fake `tensorrt_llm.bindings.executor`: the C++ executor API with upstream's semantics, no GPU.
 
 Keyword names and defaults copy the nanobind bindings (NVIDIA/TensorRT-LLM,
-cpp/tensorrt_llm/nanobind/executor/{executor,request,executorConfig,bindings}.cpp), so a misspelled
+cpp/tensorrt_llm/nanobind/executor/{executor,request,executorConfig,bindings}.cpp; the pybind twin
+under cpp/tensorrt_llm/pybind/executor/ has the same names for what fathom passes), so a misspelled
 argument raises TypeError here as it would there. The rules modelled, and where each comes from:
 
 - `Executor.enqueue_request` returns a fresh request id; requests queued before an iteration join
