@@ -133,6 +133,7 @@ def bench_model(target: BenchTarget, workload: WorkloadSpec = WorkloadSpec(),
 def _run_executor(source: ModelSource, target: BenchTarget, workload: WorkloadSpec, profiling: ProfileOptions,
                   progress: bool) -> tuple[BenchRun, dict]:
     from .executors import create_executor
+    from .trtllm_executor import exit_if_follower
 
     tok = None
     if workload.dataset != "random" and source.tokenizer_dir is not None:
@@ -144,6 +145,7 @@ def _run_executor(source: ModelSource, target: BenchTarget, workload: WorkloadSp
     ex = create_executor(target.executor, source, dtype=target.dtype, device=target.device,
                          max_seq_len=target.max_seq_len or longest, eos_ids=source.config.eos_token_ids,
                          threads=target.threads)
+    exit_if_follower(ex)  # only the leader rank measures and writes the record
     info = ex.describe()
     run = run_phases(lambda ps, tag: drive_executor(ex, ps, workload, tag, progress), warmup, measured, workload,
                      profiling, device=info.get("device", target.device))

@@ -35,9 +35,11 @@ class TokenEvent:
     """
 
     request_id: str
-    token_id: int | None  # None only for a request finished without a new token (cancelled)
+    token_id: int | None  # None only for a request finished without a new token (cancelled, abort)
     time_s: float  # time.perf_counter() when the token became available
-    finish_reason: str | None = None  # "stop" | "length" | "cancelled" on the request's last event
+    # On the request's last event: "stop" | "length" | "cancelled", or "abort" when the executor
+    # ended it with an error (the trtllm executor logs the message)
+    finish_reason: str | None = None
     logprob: float | None = None  # log-prob of token_id
     top_logprobs: tuple[tuple[int, float], ...] = ()  # (token id, log-prob), most likely first
 

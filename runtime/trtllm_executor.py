@@ -1,87 +1,86 @@
 """The TensorRT-LLM executor ("trtllm"): runs an engine directory built by `fathom build`.
 
-Why `tensorrt_llm.runtime.ModelRunnerCpp.from_dir(...)` + `generate(..., streaming=True)` and not
-the `_tensorrt_engine.LLM` API: `generate` with streaming is a plain Python generator that yields
-after every decode iteration of the C++ executor, which maps one-to-one onto `step()` without
-threads or an asyncio loop; the LLM API runs its executor in an MPI worker process behind an
-asyncio event loop and a tokenizer, none of which this token-level interface needs. Argument names
-below are those of tensorrt_llm 1.2.1 (tensorrt_llm/runtime/model_runner_cpp.py:
-`ModelRunnerCpp.from_dir`, `ModelRunnerCpp.generate` and its `accepted_parameters` list).
+It drives TensorRT-LLM's C++ executor (`tensorrt_llm.bindings.executor.Executor`), the in-flight
+batching runtime that `ModelRunnerCpp` wraps and Triton's tensorrtllm_backend runs. The API maps one
+to one onto fathom's executor interface: `submit` = `enqueue_request` (the request joins the next
+iteration, with its own sampling parameters, seed, max_new_tokens and stop ids), `step` =
+`await_responses` with a short timeout, `cancel` = `cancel_request`. Names and semantics below come
+from the NVIDIA/TensorRT-LLM sources of the 1.2 line: cpp/tensorrt_llm/{nanobind,pybind}/executor/
+{executor,request}.cpp (the bindings; both declare the keyword names used here),
+cpp/tensorrt_llm/executor/executorImpl.cpp (ranks, cancel, shutdown) and
+tensorrt_llm/runtime/model_runner_cpp.py (how `from_dir` and `generate` build the same objects).
 
-What `generate` dictates, and how it is mapped:
-- One `generate` call takes one max_new_tokens and one set of sampling parameters for its whole
-  batch, so a batch is the waiting requests that share them (FIFO, up to the engine's
-  max_batch_size); requests with other parameters wait for the next batch. Inside a batch the C++
-  executor does its own in-flight batching; requests submitted meanwhile start with the next batch.
-- Greedy (temperature 0) = `top_k=1`. Sampling passes temperature, top_k (0 = no limit) and top_p.
-  seed -> `random_seed`. The seed is per call too, so sampled requests batch together only when
-  they share a seed; a request without one gets its own random seed (the C++ default would give
-  every request seed 0), as in the torch executor, and so runs in a batch of its own.
-- End of sequence: `end_id=-1` (never stop on end_id, the value tensorrt_llm/executor/base_worker.py
-  uses for ignore_eos) and the eos ids plus the request's stop ids as `stop_words_list`. TRT-LLM
-  keeps stop words in the output (tensorrt_llm/executor/result.py strips them afterwards), so the
-  stop token is emitted with finish_reason "stop", exactly as the torch and reference executors do.
-- Streaming output ids start with the prompt (`_stream` seeds them with `batch_input_ids`); the
-  prompt is stripped here and every new token becomes a TokenEvent stamped when it arrived.
-- Cancel: `generate` gives no per-request cancel (its request ids stay inside it). A cancelled
-  request ends at the next step with finish_reason "cancelled"; the engine finishes its batch and
-  the remaining tokens are dropped.
-- Log-probs: refused at submit(). `generate(output_log_probs=True)` returns the sampled token's
-  log-prob only, no alternatives (`_fill_output` reads `result.log_probs`), and the TensorRT
-  backend computes it after temperature is applied to the logits (TensorRT-LLM PR #12514, the
-  comment on `BaseDecodingOutputs::outputLogProbs`), not from the raw distribution the other
-  executors report.
-- KV capacity: the C++ runtime sizes its pool from kv_cache_free_gpu_memory_fraction and does not
-  expose it through ModelRunnerCpp, so `kv_usage().capacity_tokens` is None (unknown), not a guess.
+Requests:
+- Greedy (temperature 0) = `top_k=1`; sampling passes temperature, top_k (0 = no limit) and top_p.
+  A request without a seed gets a drawn one (the C++ default would give every request seed 0), as
+  in the torch executor.
+- `end_id=-1` (never stop on end_id: what tensorrt_llm/executor/base_worker.py passes for
+  ignore_eos) and the eos ids plus the request's stop ids as one-token `stop_words`. TRT-LLM keeps a
+  stop word in the output (tensorrt_llm/executor/result.py strips it afterwards), so the stop token
+  is emitted with finish_reason "stop", exactly as the torch and reference executors do.
+- max_tokens is capped at max_seq_len - prompt length, so a request reaching max_seq_len ends with
+  finish reason LENGTH -> "length", like the other executors.
+- Streaming with beam width 1: each response carries only the tokens produced since the previous
+  one (`ModelRunnerCpp._fill_output` appends them); the final one names its FinishReason.
+- Cancel: `cancel_request` at once; the request ends at the next step with "cancelled" and
+  whatever the executor still sends for it (its final CANCELLED response) is dropped.
+- An error response (`Response.has_error()`) ends that request only, with finish_reason "abort";
+  the executor's message is logged.
+- Log-probs: refused at submit(). `OutputConfig(return_log_probs=True)` gives the sampled token's
+  log-prob only, no alternatives (`Result.log_probs`), and the TensorRT backend computes it after
+  temperature is applied to the logits (TensorRT-LLM PR #12514, the comment on
+  `BaseDecodingOutputs::outputLogProbs`), not from the raw distribution the other executors report.
+- KV capacity: from the executor's iteration stats (`get_latest_iteration_stats()[-1]
+  .kv_cache_stats`: max/used blocks of tokens_per_block tokens), None until the first iteration.
+
+Ranks: an engine with tp x pp > 1 runs under `mpirun -n tp*pp`, every rank running this code in
+leader mode (`CommunicationMode.LEADER`, as `ModelRunnerCpp.from_dir` by default and Triton's
+backend unless TRTLLM_ORCHESTRATOR is set). Orchestrator mode is not used: there the orchestrator
+process spawns `executorWorker` processes itself with MPI_Comm_spawn (executorImpl.cpp,
+`initializeOrchestrator`), which needs the `executorWorker` binary of the wheel and an MPI that
+supports dynamic process creation, and adds one process that holds no GPU; under mpirun every
+rank is a plain `fathom` process with one GPU. Rank 0 is the leader: `can_enqueue_requests()` is
+true there only. Every other rank calls `serve_follower()` (see `exit_if_follower`), which blocks
+in `shutdown()` until the leader shuts down, and exits 0. The leader's Executor shuts down (and
+releases the followers) when the TrtllmExecutor is dropped: the C++ destructor calls `shutdown()`.
 """
 
 from __future__ import annotations
 
-import os
+import logging
 import random
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path
 
-from fathom.build.config import ModelConfig
-from fathom.build.errors import CheckpointError, FathomError
+from fathom.build.config import ModelConfig, read_json
+from fathom.build.errors import FathomError
 
 from .executor import KVUsage, Request, TokenEvent, now
 from .sampling import SamplingParams
+from .trtllm_settings import RuntimeSettings, checked_mpi_rank
 
-# ModelRunnerCpp.from_dir keyword arguments an engine manifest's "runtime" section may set.
-FROM_DIR_RUNTIME_ARGS = ("enable_chunked_context", "kv_cache_free_gpu_memory_fraction", "kv_cache_enable_block_reuse",
-                         "max_tokens_in_paged_kv_cache", "multi_block_mode", "cuda_graph_mode",
-                         "enable_context_fmha_fp32_acc")
+log = logging.getLogger("fathom.trtllm")
+
+AWAIT_TIMEOUT_MS = 20  # how long one step() waits for a response before returning none
+# tensorrt_llm.bindings.executor.FinishReason names -> fathom finish reasons. TIMED_OUT only follows
+# a Request(allotted_time_ms=...), which fathom does not set.
+FINISH_REASONS = {"END_ID": "stop", "STOP_WORDS": "stop", "LENGTH": "length", "CANCELLED": "cancelled",
+                  "TIMED_OUT": "cancelled"}
 
 
 @dataclass(eq=False)
 class _Tracked:
     request: Request
-    max_new_tokens: int
-    stops: frozenset[int]
-    seed: int  # the request's seed, or one drawn for it
-    generated: int = 0
-    done: bool = False
-
-    def batch_key(self) -> tuple:
-        """Requests that one generate() call can serve together."""
-        p = self.request.params
-        return (self.max_new_tokens, "greedy") if p.greedy else (self.max_new_tokens, self.seed, p.temperature, p.top_k, p.top_p)
+    executor_id: int  # the id enqueue_request returned
 
 
-@dataclass
-class _Batch:
-    requests: list[_Tracked]
-    stream: object  # the generator returned by generate(streaming=True)
-    input_lens: list[int] = field(default_factory=list)
-
-
-def sampling_kwargs(params: SamplingParams, seed: int) -> dict:
-    """SamplingParams -> generate() kwargs (names from ModelRunnerCpp.generate's accepted_parameters)."""
+def sampling_config(bindings, params: SamplingParams, seed: int):
+    """SamplingParams -> `SamplingConfig` (keyword names of the binding)."""
     if params.greedy:
-        return {"top_k": 1, "random_seed": seed}
-    return {"temperature": params.temperature, "top_k": params.top_k, "top_p": params.top_p, "random_seed": seed}
+        return bindings.SamplingConfig(beam_width=1, top_k=1, seed=seed)
+    return bindings.SamplingConfig(beam_width=1, top_k=params.top_k, top_p=params.top_p,
+                                   temperature=params.temperature, seed=seed)
 
 
 def local_gpu_name() -> str:
@@ -97,11 +96,10 @@ class TrtllmExecutor:
 
     def __init__(self, engine_dir: str | Path, config: ModelConfig, eos_ids: list[int] | None = None,
                  max_seq_len: int | None = None, gpu_name: str | None = None):
-        from fathom.engine.manifest import check_engine_compat, read_engine_manifest
-        from fathom.engine.trtllm import import_tensorrt_llm
-
         from fathom.build.checkpoint import read_checkpoint
+        from fathom.engine.manifest import MANIFEST_NAME, check_engine_compat, read_engine_manifest
         from fathom.engine.presets import engine_formats
+        from fathom.engine.trtllm import import_tensorrt_llm
 
         self.engine_dir, self.config = Path(engine_dir), config
         engine = read_checkpoint(self.engine_dir)  # the engine's pretrained_config, read before loading it
@@ -114,139 +112,147 @@ class TrtllmExecutor:
         self.gpu_name = gpu_name or local_gpu_name()
         self.trtllm_version = getattr(trtllm, "__version__", "unknown")
         check_engine_compat(self.manifest, self.trtllm_version, self.gpu_name)
-        world = int(self.manifest.get("mapping", {}).get("world_size", 1))
-        launched = int(os.environ.get("OMPI_COMM_WORLD_SIZE", os.environ.get("PMI_SIZE", "1")))
-        if world != launched:
-            raise FathomError(f"{self.engine_dir}: the engine has {world} ranks; run under mpirun -n {world} "
-                              f"(this process sees an MPI world of {launched})")
-        runtime = dict(self.manifest.get("runtime") or {})
-        unknown = sorted(set(runtime) - set(FROM_DIR_RUNTIME_ARGS))
-        if unknown:
-            raise CheckpointError(f"{self.engine_dir}/fathom-engine.json: runtime options {unknown} are not "
-                                  f"ModelRunnerCpp.from_dir arguments (expected some of {', '.join(FROM_DIR_RUNTIME_ARGS)})")
-        self.runtime_args = runtime
-        from tensorrt_llm.runtime import ModelRunnerCpp
+        self.settings = RuntimeSettings.from_manifest(dict(self.manifest.get("runtime") or {}),
+                                                      f"{self.engine_dir}/{MANIFEST_NAME}")
+        self.rank = checked_mpi_rank(trtllm, int(self.manifest.get("mapping", {}).get("world_size", 1)),
+                                     str(self.engine_dir))
+        build = read_json(self.engine_dir / "config.json")["build_config"]
+        self.max_batch_size, self.max_input_len = build["max_batch_size"], build["max_input_len"]
+        self.max_seq_len = min(max_seq_len or build["max_seq_len"], build["max_seq_len"])
+        from tensorrt_llm.bindings import executor as bindings
 
-        rank = int(os.environ.get("OMPI_COMM_WORLD_RANK", "0"))
-        self.runner = ModelRunnerCpp.from_dir(engine_dir=str(self.engine_dir), rank=rank, **runtime)
-        self.max_seq_len = min(max_seq_len or self.runner.max_seq_len, self.runner.max_seq_len)
-        self.waiting: deque[_Tracked] = deque()
-        self.batch: _Batch | None = None
-        self.cancelled: set[str] = set()
-        self.known: set[str] = set()
+        self.bindings = bindings
+        self.executor = bindings.Executor(self.engine_dir, bindings.ModelType.DECODER_ONLY,
+                                          self.settings.executor_config(bindings, self.max_batch_size))
+        self.is_leader = self.executor.can_enqueue_requests()
+        self.tracked: dict[int, _Tracked] = {}  # executor request id -> request in flight
+        self.executor_ids: dict[str, int] = {}  # fathom request id -> executor request id
+        self.cancelled: list[str] = []  # cancel_request sent, "cancelled" not reported yet
+        self.dropped: set[int] = set()  # executor ids ended here whose final response has not arrived
+        self.kv_stats = None  # the latest KvCacheStats
 
     # ---- executor interface ----------------------------------------------------------
     def submit(self, request: Request) -> None:
         rid, ids, p = request.request_id, request.prompt_ids, request.params
-        if rid in self.known:
+        if not self.is_leader:
+            raise FathomError(f"request {rid}: MPI rank {self.rank} is not the leader; only rank 0 takes requests")
+        if rid in self.executor_ids:
             raise FathomError(f"request {rid}: a request with this id is already in flight")
         if not ids:
             raise FathomError(f"request {rid}: empty prompt")
-        if len(ids) > self.runner.max_input_len:
+        if len(ids) > self.max_input_len:
             raise FathomError(f"request {rid}: prompt has {len(ids)} tokens, the engine's max_input_len is "
-                              f"{self.runner.max_input_len}")
+                              f"{self.max_input_len}")
         if len(ids) >= self.max_seq_len:
             raise FathomError(f"request {rid}: prompt has {len(ids)} tokens, max_seq_len is {self.max_seq_len}")
         if p.logprobs is not None:
             raise FathomError(f"request {rid}: logprobs: not supported by the trtllm executor")
-        stops = frozenset(p.stop_token_ids) | (frozenset() if p.ignore_eos else frozenset(self.eos_ids))
+        stops = sorted(set(p.stop_token_ids) | (set() if p.ignore_eos else set(self.eos_ids)))
         seed = p.seed if p.seed is not None else random.SystemRandom().getrandbits(63)
-        self.known.add(rid)
-        # Like the other executors, a request that reaches max_seq_len ends with "length".
-        self.waiting.append(_Tracked(request, min(p.max_new_tokens, self.max_seq_len - len(ids)), stops, seed))
+        b = self.bindings
+        executor_request = b.Request(
+            input_token_ids=list(ids), max_tokens=min(p.max_new_tokens, self.max_seq_len - len(ids)), streaming=True,
+            sampling_config=sampling_config(b, p, seed), output_config=b.OutputConfig(), end_id=-1,
+            pad_id=self.eos_ids[0] if self.eos_ids else 0, stop_words=[[s] for s in stops] or None)
+        try:
+            executor_id = self.executor.enqueue_request(executor_request)
+        except RuntimeError as e:
+            raise FathomError(f"request {rid}: tensorrt_llm refused it: {_first_line(e)}") from e
+        self.executor_ids[rid] = executor_id
+        self.tracked[executor_id] = _Tracked(request, executor_id)
 
     def cancel(self, request_id: str) -> None:
-        if request_id in self.known:
-            self.cancelled.add(request_id)
+        if request_id in self.executor_ids and request_id not in self.cancelled:
+            self.executor.cancel_request(self.executor_ids[request_id])
+            self.cancelled.append(request_id)
 
     def has_pending(self) -> bool:
-        return bool(self.waiting) or self.batch is not None
+        return bool(self.tracked)
 
     def kv_usage(self) -> KVUsage:
-        used = 0
-        if self.batch is not None:
-            used = sum(n + t.generated for n, t in zip(self.batch.input_lens, self.batch.requests) if not t.done)
-        return KVUsage(used, None, self.config.kv_bytes_per_token(self.kv_bytes))
+        """Blocks the executor holds and has, in tokens, from its latest iteration stats."""
+        per_token = self.config.kv_bytes_per_token(self.kv_bytes)
+        if self.kv_stats is None:
+            return KVUsage(0, None, per_token)
+        block = self.kv_stats.tokens_per_block
+        return KVUsage(self.kv_stats.used_num_blocks * block, self.kv_stats.max_num_blocks * block, per_token)
 
     def describe(self) -> dict:
         return {"executor": self.name, "device": "cuda", "gpu": self.gpu_name, "dtype": self.dtype,
                 "engine_dir": str(self.engine_dir), "tensorrt_llm_version": self.trtllm_version,
                 "precision": self.precision.value, "kv_cache_format": self.kv_cache.value,
-                "api": "ModelRunnerCpp.generate(streaming=True)", "runtime_args": self.runtime_args,
-                "max_batch_size": self.runner.max_batch_size, "max_seq_len": self.max_seq_len}
+                "api": "tensorrt_llm.bindings.executor.Executor", "communication_mode": "leader",
+                "runtime_args": self.settings.to_dict(), "kv_capacity_tokens": self.kv_usage().capacity_tokens,
+                "max_batch_size": self.max_batch_size, "max_seq_len": self.max_seq_len}
 
     def step(self) -> list[TokenEvent]:
         events: list[TokenEvent] = []
-        if self.cancelled:
-            self._drop_cancelled(events)
-        if self.batch is None:
-            if not self.waiting:
-                return events
-            self.batch = self._start_batch()
-        try:
-            out = next(self.batch.stream)
-        except StopIteration:
-            self._end_batch(events)
-            return events
         t = now()
-        lengths = [row[0] for row in out["sequence_lengths"].tolist()]  # prompt included
-        live = [(b, tr) for b, tr in enumerate(self.batch.requests) if not tr.done]
-        starts = {b: self.batch.input_lens[b] + tr.generated for b, tr in live}
-        lo = min(starts.values(), default=0)
-        # One device->host copy per step: the columns that can hold new tokens, for every row.
-        window = out["output_ids"][:, 0, lo:max(lengths)].tolist()
-        for b, tracked in live:
-            for token in window[b][starts[b] - lo:lengths[b] - lo]:
-                tracked.generated += 1
-                reason = None
-                if token in tracked.stops:
-                    reason = "stop"
-                elif tracked.generated >= tracked.max_new_tokens:
-                    reason = "length"
-                events.append(TokenEvent(tracked.request.request_id, token, t, reason))
-                if reason is not None:
-                    self._finish(tracked)
-                    break
+        for rid in self.cancelled:
+            executor_id = self.executor_ids.pop(rid)
+            del self.tracked[executor_id]
+            self.dropped.add(executor_id)
+            events.append(TokenEvent(rid, None, t, "cancelled"))
+        self.cancelled.clear()
+        if not self.tracked:
+            return events
+        responses = self.executor.await_responses(timeout=timedelta(milliseconds=AWAIT_TIMEOUT_MS))
+        t = now()
+        for response in responses:
+            events += self._events(response, t)
+        for stats in self.executor.get_latest_iteration_stats():
+            if stats.kv_cache_stats is not None:
+                self.kv_stats = stats.kv_cache_stats
         return events
 
+    # ---- ranks ------------------------------------------------------------------------
+    def serve_follower(self) -> None:
+        """Run this non-leader rank's share of the engine until the leader shuts down.
+
+        On a rank that is not the leader, `Executor.shutdown()` sends no terminate request; it joins
+        the execution thread, which ends when the leader's terminate request reaches this rank
+        (executorImpl.cpp: `shutdown`, `fetchNewRequests`).
+        """
+        self.executor.shutdown()
+
     # ---- internals --------------------------------------------------------------------
-    def _start_batch(self) -> _Batch:
-        import torch
-
-        first = self.waiting[0]
-        key = first.batch_key()
-        picked = [t for t in self.waiting if t.batch_key() == key][: self.runner.max_batch_size]
-        for t in picked:
-            self.waiting.remove(t)
-        stop_words = [[[s] for s in sorted(t.stops)] for t in picked]
-        inputs = [torch.tensor(t.request.prompt_ids, dtype=torch.int32) for t in picked]
-        stream = self.runner.generate(
-            inputs, max_new_tokens=first.max_new_tokens, end_id=-1,
-            pad_id=self.eos_ids[0] if self.eos_ids else 0,
-            stop_words_list=stop_words if any(stop_words) else None,
-            streaming=True, return_dict=True, output_sequence_lengths=True,
-            **sampling_kwargs(first.request.params, first.seed))
-        return _Batch(picked, stream, [len(t.request.prompt_ids) for t in picked])
-
-    def _end_batch(self, events: list[TokenEvent]) -> None:
-        """The engine finished the batch; a request it ended without our stop condition hit its length cap."""
-        t = now()
-        for tracked in self.batch.requests:
-            if not tracked.done:
-                events.append(TokenEvent(tracked.request.request_id, None, t, "length"))
-                self._finish(tracked)
-        self.batch = None
+    def _events(self, response, t: float) -> list[TokenEvent]:
+        executor_id = response.request_id
+        if executor_id in self.dropped:
+            if response.has_error() or response.result.is_final:
+                self.dropped.discard(executor_id)
+            return []
+        tracked = self.tracked.get(executor_id)
+        if tracked is None:
+            return []
+        rid = tracked.request.request_id
+        if response.has_error():
+            log.error("request %s: tensorrt_llm: %s", rid, response.error_msg)
+            self._finish(tracked)
+            return [TokenEvent(rid, None, t, "abort")]
+        result = response.result
+        events = [TokenEvent(rid, token, t) for token in result.output_token_ids[0]]
+        if result.is_final:
+            self._finish(tracked)
+            # A final result names why it ended; LENGTH is the one for the executor's own length caps.
+            reason = FINISH_REASONS.get(result.finish_reasons[0].name, "length")
+            events = events[:-1] + [replace(events[-1], finish_reason=reason)] if events else \
+                [TokenEvent(rid, None, t, reason)]
+        return events
 
     def _finish(self, tracked: _Tracked) -> None:
-        tracked.done = True
-        self.known.discard(tracked.request.request_id)
+        del self.tracked[tracked.executor_id]
+        del self.executor_ids[tracked.request.request_id]
 
-    def _drop_cancelled(self, events: list[TokenEvent]) -> None:
-        t = now()
-        running = self.batch.requests if self.batch is not None else []
-        for tracked in [x for x in (*self.waiting, *running) if x.request.request_id in self.cancelled and not x.done]:
-            if tracked in self.waiting:
-                self.waiting.remove(tracked)
-            self._finish(tracked)
-            events.append(TokenEvent(tracked.request.request_id, None, t, "cancelled"))
-        self.cancelled.clear()
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def exit_if_follower(executor) -> None:
+    """On a TensorRT-LLM rank other than the leader: serve the engine until the leader shuts down,
+    then exit 0. Commands call it right after opening their executor, before they print, write a
+    record or bind a port, so only rank 0 does any of that."""
+    if isinstance(executor, TrtllmExecutor) and not executor.is_leader:
+        executor.serve_follower()
+        raise SystemExit(0)

@@ -1,13 +1,16 @@
-"""The TensorRT-LLM executor through the fake tensorrt_llm in tests/fakes (records calls, scripted tokens)."""
+"""The TensorRT-LLM executor through the fake C++ executor API in tests/fakes/tensorrt_llm/bindings."""
 
+import json
+import logging
 import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from fathom.build.convert import ConvertOptions, convert
 from fathom.build.errors import CheckpointError, FathomError
-from fathom.build.sources import resolve_model
+from fathom.build.sources import DEMO_DIR, resolve_model
 from fathom.engine import builder
 from fathom.engine.builder import build_engine, prepare_build
 from fathom.engine.manifest import EngineCompatError
@@ -19,19 +22,21 @@ FAKES = Path(__file__).parent / "fakes"
 H100 = "NVIDIA H100 80GB HBM3"
 
 
-@pytest.fixture
-def fake_trtllm(monkeypatch):
-    monkeypatch.syspath_prepend(str(FAKES))
-    for name in [m for m in sys.modules if m == "tensorrt_llm" or m.startswith("tensorrt_llm.")]:
-        monkeypatch.delitem(sys.modules, name)
-    import tensorrt_llm
-    import tensorrt_llm.runtime as rt
-
-    monkeypatch.setattr(builder, "local_gpu_names", lambda: [])
-    rt.CALLS.clear()
-    yield rt
+def _drop_trtllm_modules():
     for name in [m for m in sys.modules if m == "tensorrt_llm" or m.startswith("tensorrt_llm.")]:
         del sys.modules[name]
+
+
+@pytest.fixture
+def fake_trtllm(monkeypatch):
+    """The fake `tensorrt_llm.bindings.executor`, fresh for each test."""
+    monkeypatch.syspath_prepend(str(FAKES))
+    _drop_trtllm_modules()
+    import tensorrt_llm.bindings.executor as tle
+
+    monkeypatch.setattr(builder, "local_gpu_names", lambda: [])
+    yield tle
+    _drop_trtllm_modules()
 
 
 @pytest.fixture
@@ -42,27 +47,47 @@ def engine_dir(tmp_path, fake_trtllm):
     return build_engine(prepare_build(ckpt, gpu="h100"), tmp_path / "engine")
 
 
+@pytest.fixture
+def tp2_engine_dir(tmp_path, fake_trtllm):
+    ckpt = tmp_path / "ckpt2"
+    convert(resolve_model("random:tiny"), ckpt, ConvertOptions(max_seq_len=256, tp=2))
+    return build_engine(prepare_build(ckpt, gpu="h100"), tmp_path / "engine2")
+
+
 def open_executor(engine_dir, eos_ids=(7,), **kw):
     from fathom.runtime.trtllm_executor import TrtllmExecutor
 
     return TrtllmExecutor(engine_dir, resolve_model(str(engine_dir)).config, eos_ids=list(eos_ids), gpu_name=H100, **kw)
 
 
-def script_tokens(rt, prompt, n, sampling=None):
+def script_tokens(tle, prompt, n, sampling=None):
     """What the fake engine generates for `prompt` (no stop words), computed from its script."""
+    sampling = sampling or tle.SamplingConfig(top_k=1)
     out = []
     for _ in range(n):
-        out.append(rt.SCRIPT(prompt, out, sampling or {"top_k": 1}))
+        out.append(tle.SCRIPT(prompt, out, sampling))
     return out
 
 
-def generate_calls(rt):
-    return [c[1] for c in rt.CALLS if c[0] == "generate"]
+def enqueued(tle):
+    return [c[1] for c in tle.CALLS if c[0] == "enqueue_request"]
 
 
-def test_outputs_are_the_engine_tokens_without_the_prompt(engine_dir, fake_trtllm):
-    rt = fake_trtllm
-    rt.SCRIPT = lambda prompt, generated, sampling: 100 + len(prompt) + len(generated)
+def executor_config(tle):
+    (call,) = [c[1] for c in tle.CALLS if c[0] == "Executor"]
+    return call["executor_config"]
+
+
+def set_manifest_runtime(engine_dir, runtime):
+    path = engine_dir / "fathom-engine.json"
+    manifest = json.loads(path.read_text())
+    manifest["runtime"] = runtime
+    path.write_text(json.dumps(manifest))
+
+
+def test_outputs_are_the_streamed_engine_tokens(engine_dir, fake_trtllm):
+    tle = fake_trtllm
+    tle.SCRIPT = lambda prompt, generated, sampling: 100 + len(prompt) + len(generated)
     ex = open_executor(engine_dir, eos_ids=())
     events = collect(ex, [Request("a", [1, 2, 3], SamplingParams(max_new_tokens=4)),
                           Request("b", [9] * 10, SamplingParams(max_new_tokens=4))])
@@ -70,116 +95,180 @@ def test_outputs_are_the_engine_tokens_without_the_prompt(engine_dir, fake_trtll
     assert [e.token_id for e in events["b"]] == [110, 111, 112, 113]
     assert [e.finish_reason for e in events["a"]] == [None, None, None, "length"]
     assert all(x.time_s <= y.time_s for x, y in zip(events["a"], events["a"][1:]))
-    (call,) = generate_calls(rt)  # same parameters: one batch
-    assert call["batch_input_ids"] == [[1, 2, 3], [9] * 10] and call["streaming"] and call["return_dict"]
-    assert call["output_sequence_lengths"] and call["max_new_tokens"] == 4
+    a, b = enqueued(tle)
+    assert a.input_token_ids == [1, 2, 3] and a.streaming and a.max_tokens == 4 and a.end_id == -1
+    assert b.input_token_ids == [9] * 10
+    call = [c[1] for c in tle.CALLS if c[0] == "Executor"][0]
+    assert call["model_path"] == str(engine_dir) and call["model_type"] == tle.ModelType.DECODER_ONLY
 
 
-def test_runtime_options_come_from_the_engine_manifest(engine_dir, fake_trtllm):
+def test_a_request_submitted_mid_run_starts_at_the_next_step_with_its_own_parameters(engine_dir, fake_trtllm):
+    tle = fake_trtllm
+    ex = open_executor(engine_dir, eos_ids=())
+    ex.submit(Request("long", [1, 2], SamplingParams(max_new_tokens=8)))
+    got: dict[str, list] = {}
+    for _ in range(2):
+        for e in ex.step():
+            got.setdefault(e.request_id, []).append(e)
+    sampled = SamplingParams(max_new_tokens=2, temperature=0.7, top_k=5, top_p=0.9, seed=11)
+    ex.submit(Request("late", [3], sampled))
+    first = ex.step()
+    assert {e.request_id for e in first} == {"long", "late"}  # no waiting for "long" to finish
+    for e in first + [e for evs in collect(ex, []).values() for e in evs]:
+        got.setdefault(e.request_id, []).append(e)
+    assert got["late"][-1].finish_reason == "length" and len(got["late"]) == 2
+    assert len(got["long"]) == 8 and got["long"][-1].finish_reason == "length"
+    assert got["long"][2] in first  # "late" got its first token with "long"'s third
+    greedy, late = (r.sampling_config for r in enqueued(tle))
+    assert greedy.top_k == 1 and greedy.temperature is None
+    assert (late.temperature, late.top_k, late.top_p, late.seed) == (0.7, 5, 0.9, 11)
+    assert [e.token_id for e in got["late"]] == script_tokens(tle, [3], 2, late)
+
+
+def test_runtime_settings_map_onto_the_executor_config_like_from_dir(engine_dir, fake_trtllm):
+    tle = fake_trtllm
+    open_executor(engine_dir)  # the h100 preset: chunked context, KV fraction 0.9
+    config = executor_config(tle)
+    assert config.enable_chunked_context is True and config.max_batch_size == 2048 and config.max_beam_width == 1
+    kv = config.kv_cache_config
+    assert kv.free_gpu_memory_fraction == 0.9 and kv.max_tokens is None
+    assert kv.enable_block_reuse is False  # ModelRunnerCpp.from_dir's default, not the binding's True
+    assert config.extended_runtime_perf_knob_config.multi_block_mode is True
+    assert config.parallel_config.communication_mode == tle.CommunicationMode.LEADER
+    assert config.parallel_config.communication_type == tle.CommunicationType.MPI
+
+    tle.CALLS.clear()
+    set_manifest_runtime(engine_dir, {"enable_chunked_context": False, "kv_cache_free_gpu_memory_fraction": 0.5,
+                                      "kv_cache_enable_block_reuse": True, "max_tokens_in_paged_kv_cache": 4096,
+                                      "multi_block_mode": False, "cuda_graph_mode": True,
+                                      "enable_context_fmha_fp32_acc": True})
     open_executor(engine_dir)
-    (from_dir,) = [c[1] for c in fake_trtllm.CALLS if c[0] == "from_dir"]
-    assert from_dir["engine_dir"] == str(engine_dir) and from_dir["rank"] == 0
-    assert from_dir["enable_chunked_context"] is True and from_dir["kv_cache_free_gpu_memory_fraction"] == 0.9
+    config = executor_config(tle)
+    kv, knobs = config.kv_cache_config, config.extended_runtime_perf_knob_config
+    assert config.enable_chunked_context is False
+    assert (kv.free_gpu_memory_fraction, kv.enable_block_reuse, kv.max_tokens) == (0.5, True, 4096)
+    assert (knobs.multi_block_mode, knobs.cuda_graph_mode, knobs.enable_context_fmha_fp32_acc) == (False, True, True)
+
+
+@pytest.mark.parametrize("runtime, message", [
+    ({"kv_cache_fraction": 0.9}, r"runtime options \['kv_cache_fraction'\] are not ModelRunnerCpp.from_dir arguments"),
+    ({"kv_cache_free_gpu_memory_fraction": 1.5}, r"runtime.kv_cache_free_gpu_memory_fraction = 1.5, expected a number"),
+    ({"enable_chunked_context": "yes"}, r"runtime.enable_chunked_context = 'yes', expected true or false"),
+])
+def test_bad_runtime_settings_are_refused_in_one_line_before_loading(engine_dir, fake_trtllm, runtime, message):
+    set_manifest_runtime(engine_dir, runtime)
+    with pytest.raises(CheckpointError, match=message) as err:
+        open_executor(engine_dir)
+    assert "\n" not in str(err.value) and "fathom-engine.json" in str(err.value)
+    assert not [c for c in fake_trtllm.CALLS if c[0] == "Executor"]
 
 
 def test_eos_and_stop_ids_are_stop_words_and_end_the_request_with_their_token(engine_dir, fake_trtllm):
-    rt = fake_trtllm
-    rt.SCRIPT = lambda prompt, generated, sampling: [40, 41, 7, 42][len(generated) % 4]
+    tle = fake_trtllm
+    tle.SCRIPT = lambda prompt, generated, sampling: [40, 41, 7, 42][len(generated) % 4]
     ex = open_executor(engine_dir, eos_ids=(7,))
     events = collect(ex, [Request("a", [1, 2], SamplingParams(max_new_tokens=10, stop_token_ids=(99,)))])["a"]
     assert [(e.token_id, e.finish_reason) for e in events] == [(40, None), (41, None), (7, "stop")]
-    call = generate_calls(rt)[-1]
-    assert call["end_id"] == -1 and call["stop_words_list"] == [[[7], [99]]]
+    assert enqueued(tle)[-1].stop_words == [[7], [99]] and enqueued(tle)[-1].end_id == -1
     ignored = collect(ex, [Request("b", [1, 2], SamplingParams(max_new_tokens=5, ignore_eos=True))])["b"]
     assert [e.token_id for e in ignored] == [40, 41, 7, 42, 40] and ignored[-1].finish_reason == "length"
-    assert generate_calls(rt)[-1]["stop_words_list"] is None
+    assert enqueued(tle)[-1].stop_words is None
 
 
-def test_sampling_parameters_and_seeds_map_onto_generate_keywords(engine_dir, fake_trtllm):
-    rt = fake_trtllm
+def test_greedy_is_top_k_1_and_requests_without_a_seed_draw_their_own(engine_dir, fake_trtllm):
+    tle = fake_trtllm
     ex = open_executor(engine_dir)
-    sampled = SamplingParams(max_new_tokens=3, temperature=0.6, top_p=0.95, top_k=20, seed=5)
-    greedy = SamplingParams(max_new_tokens=3)
-    events = collect(ex, [Request("s1", [1, 2], sampled), Request("g", [1, 2], greedy), Request("s2", [3], sampled),
-                          Request("n1", [4], SamplingParams(max_new_tokens=3, temperature=1.0)),
-                          Request("n2", [4], SamplingParams(max_new_tokens=3, temperature=1.0))])
-    calls = generate_calls(rt)
-    assert calls[0]["batch_input_ids"] == [[1, 2], [3]]  # one seed, one batch
-    assert {k: calls[0][k] for k in ("temperature", "top_k", "top_p", "random_seed")} == \
-        {"temperature": 0.6, "top_k": 20, "top_p": 0.95, "random_seed": 5}
-    assert calls[1]["top_k"] == 1 and "temperature" not in calls[1]
-    # No seed: each request gets its own random one, so each runs alone.
-    assert calls[2]["batch_input_ids"] == [[4]] and calls[3]["batch_input_ids"] == [[4]]
-    assert calls[2]["random_seed"] != calls[3]["random_seed"]
-    want = script_tokens(rt, [1, 2], 3, {"top_k": 20, "random_seed": 5})
-    assert [e.token_id for e in events["s1"]] == want
+    collect(ex, [Request("g", [1, 2], SamplingParams(max_new_tokens=2)),
+                 Request("n1", [4], SamplingParams(max_new_tokens=2, temperature=1.0)),
+                 Request("n2", [4], SamplingParams(max_new_tokens=2, temperature=1.0))])
+    g, n1, n2 = (r.sampling_config for r in enqueued(tle))
+    assert g.top_k == 1 and g.beam_width == 1
+    assert n1.seed is not None and n2.seed is not None and n1.seed != n2.seed
+    assert (n1.temperature, n1.top_k, n1.top_p) == (1.0, 0, 1.0)
 
 
-def test_different_max_new_tokens_run_as_separate_batches(engine_dir, fake_trtllm):
-    ex = open_executor(engine_dir, eos_ids=())
-    events = collect(ex, [Request("a", [1], SamplingParams(max_new_tokens=2)),
-                          Request("b", [2], SamplingParams(max_new_tokens=5))])
-    assert len(events["a"]) == 2 and len(events["b"]) == 5
-    assert [c["max_new_tokens"] for c in generate_calls(fake_trtllm)] == [2, 5]
-
-
-def test_cancel_ends_a_running_request_and_leaves_the_others(engine_dir, fake_trtllm):
-    rt = fake_trtllm
+def test_cancel_calls_cancel_request_and_ends_only_that_request(engine_dir, fake_trtllm):
+    tle = fake_trtllm
     ex = open_executor(engine_dir, eos_ids=())
     for rid, p in (("a", [1, 2]), ("b", [3])):
         ex.submit(Request(rid, p, SamplingParams(max_new_tokens=6)))
-    ex.submit(Request("w", [5], SamplingParams(max_new_tokens=2)))  # waits for the next batch
     got: dict[str, list] = {}
     steps = 0
     while ex.has_pending():
         if steps == 2:
             ex.cancel("a")
-            ex.cancel("w")
+            ex.cancel("a")  # twice: one cancel_request
         for ev in ex.step():
             got.setdefault(ev.request_id, []).append(ev)
         steps += 1
-    assert got["a"][-1].finish_reason == "cancelled" and got["a"][-1].token_id is None
-    assert len([e for e in got["a"] if e.token_id is not None]) == 2
-    assert [e.token_id for e in got["b"]] == script_tokens(rt, [3], 6)
-    assert [e.finish_reason for e in got["w"]] == ["cancelled"]
-    assert len(generate_calls(rt)) == 1
+    a_id = enqueued(tle)[0]
+    assert [c for c in tle.CALLS if c[0] == "cancel_request"] == [("cancel_request", 1)] and a_id.input_token_ids == [1, 2]
+    assert [e.finish_reason for e in got["a"]] == [None, None, "cancelled"] and got["a"][-1].token_id is None
+    assert [e.token_id for e in got["b"]] == script_tokens(tle, [3], 6)
+    ex.cancel("a")  # finished: nothing to cancel
+    ex.cancel("unknown")
+    assert len([c for c in tle.CALLS if c[0] == "cancel_request"]) == 1
 
 
 def test_max_seq_len_caps_requests_like_the_other_executors(engine_dir, fake_trtllm):
     ex = open_executor(engine_dir, eos_ids=(), max_seq_len=64)
     with pytest.raises(FathomError, match="prompt has 64 tokens, max_seq_len is 64"):
         ex.submit(Request("long", [1] * 64, SamplingParams()))
-    ex.submit(Request("capped", [1] * 60, SamplingParams(max_new_tokens=100)))
-    first = ex.step()
-    usage = ex.kv_usage()
-    assert usage.used_tokens == 61 and usage.capacity_tokens is None and usage.used_fraction is None
-    events = first + [e for e in collect(ex, [])["capped"]]
+    events = collect(ex, [Request("capped", [1] * 60, SamplingParams(max_new_tokens=100))])["capped"]
     assert len(events) == 4 and events[-1].finish_reason == "length"
-    assert generate_calls(fake_trtllm)[-1]["max_new_tokens"] == 4
+    assert enqueued(fake_trtllm)[-1].max_tokens == 4
+
+
+def test_kv_capacity_comes_from_the_executors_iteration_stats(engine_dir, fake_trtllm):
+    tle = fake_trtllm
+    set_manifest_runtime(engine_dir, {"max_tokens_in_paged_kv_cache": 1000})
+    ex = open_executor(engine_dir, eos_ids=())
+    assert ex.kv_usage().capacity_tokens is None  # no iteration yet
+    ex.submit(Request("a", [1] * 40, SamplingParams(max_new_tokens=3)))
+    ex.step()
+    usage = ex.kv_usage()
+    assert usage.capacity_tokens == 32 * 32  # 1000 tokens -> 32 blocks of tokens_per_block 32
+    assert usage.used_tokens == 2 * 32 and usage.used_fraction == 2 / 32
+    assert ex.describe()["kv_capacity_tokens"] == 1024
+    assert tle.POOL_BLOCKS * 32 != usage.capacity_tokens
+
+
+def test_an_error_response_ends_that_request_only(engine_dir, fake_trtllm, caplog):
+    tle = fake_trtllm
+    ex = open_executor(engine_dir, eos_ids=())
+    ex.submit(Request("bad", [1, 2], SamplingParams(max_new_tokens=4)))
+    ex.submit(Request("good", [3], SamplingParams(max_new_tokens=4)))
+    ex.step()
+    ex.executor.fail_request(1, "Encountered an error in forwardAsync function")
+    with caplog.at_level(logging.ERROR, logger="fathom.trtllm"):
+        events = collect(ex, [])
+    assert [(e.token_id, e.finish_reason) for e in events["bad"]] == [(None, "abort")]
+    assert "request bad: tensorrt_llm: Encountered an error in forwardAsync function" in caplog.text
+    assert len(events["good"]) == 3 and events["good"][-1].finish_reason == "length"
+    assert not ex.has_pending()
 
 
 def test_logprobs_are_refused_at_submit_and_the_request_id_stays_free(engine_dir, fake_trtllm):
     ex = open_executor(engine_dir, eos_ids=())
     with pytest.raises(FathomError, match="^request a: logprobs: not supported by the trtllm executor$"):
         ex.submit(Request("a", [1, 2], SamplingParams(max_new_tokens=3, logprobs=0)))
-    assert not ex.has_pending()
+    assert not ex.has_pending() and not enqueued(fake_trtllm)
     events = collect(ex, [Request("a", [1, 2], SamplingParams(max_new_tokens=3))])["a"]
     assert [e.token_id for e in events] == script_tokens(fake_trtllm, [1, 2], 3)
     assert all(e.logprob is None and e.top_logprobs == () for e in events)
-    assert len(generate_calls(fake_trtllm)) == 1
 
 
 def test_engine_for_another_version_or_gpu_is_refused_before_loading(engine_dir, fake_trtllm, monkeypatch):
     import tensorrt_llm
 
-    with pytest.raises(EngineCompatError, match="this GPU is NVIDIA L40S"):
-        from fathom.runtime.trtllm_executor import TrtllmExecutor
+    from fathom.runtime.trtllm_executor import TrtllmExecutor
 
+    with pytest.raises(EngineCompatError, match="this GPU is NVIDIA L40S"):
         TrtllmExecutor(engine_dir, resolve_model(str(engine_dir)).config, gpu_name="NVIDIA L40S")
     monkeypatch.setattr(tensorrt_llm, "__version__", "1.3.0")
     with pytest.raises(EngineCompatError, match="built with tensorrt_llm 1.2.1, but 1.3.0 is installed"):
         open_executor(engine_dir)
-    assert not [c for c in fake_trtllm.CALLS if c[0] == "from_dir"]
+    assert not [c for c in fake_trtllm.CALLS if c[0] == "Executor"]
     (engine_dir / "fathom-engine.json").unlink()
     with pytest.raises(CheckpointError, match="no engine manifest"):
         open_executor(engine_dir)
@@ -192,7 +281,8 @@ def test_auto_picks_trtllm_for_an_engine_dir(engine_dir, fake_trtllm, monkeypatc
     ex = create_executor("auto", resolve_model(str(engine_dir)), max_seq_len=128)
     info = ex.describe()
     assert info["executor"] == "trtllm" and info["tensorrt_llm_version"] == "1.2.1" and info["max_seq_len"] == 128
-    assert info["api"] == "ModelRunnerCpp.generate(streaming=True)"
+    assert info["api"] == "tensorrt_llm.bindings.executor.Executor" and info["communication_mode"] == "leader"
+    assert info["runtime_args"]["enable_chunked_context"] is True
 
 
 def test_without_tensorrt_llm_the_error_says_what_to_install(engine_dir, monkeypatch):
@@ -203,10 +293,68 @@ def test_without_tensorrt_llm_the_error_says_what_to_install(engine_dir, monkeyp
         open_executor(engine_dir)
 
 
+# ---- ranks ------------------------------------------------------------------------------------
+
+def play_rank(monkeypatch, rank: int, world: int):
+    import tensorrt_llm._utils as mpi
+
+    monkeypatch.setattr(mpi, "RANK", rank)
+    monkeypatch.setattr(mpi, "WORLD_SIZE", world)
+
+
+def test_the_rank_comes_from_tensorrt_llm_mpi_not_open_mpi_variables(tp2_engine_dir, fake_trtllm, monkeypatch):
+    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "0")  # an MPICH/PMI launch does not set these
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "1")
+    play_rank(monkeypatch, 1, 2)
+    ex = open_executor(tp2_engine_dir)
+    assert ex.rank == 1 and not ex.is_leader
+    with pytest.raises(FathomError, match="^request a: MPI rank 1 is not the leader; only rank 0 takes requests$"):
+        ex.submit(Request("a", [1, 2], SamplingParams()))
+    play_rank(monkeypatch, 0, 2)
+    assert open_executor(tp2_engine_dir).is_leader
+
+
+def test_an_mpi_world_that_is_not_the_engines_ranks_is_refused(tp2_engine_dir, engine_dir, fake_trtllm, monkeypatch):
+    with pytest.raises(FathomError, match=r"the engine has 2 ranks; run under mpirun -n 2 \(this process sees an MPI "
+                                          r"world of 1\)$"):
+        open_executor(tp2_engine_dir)
+    play_rank(monkeypatch, 0, 2)
+    with pytest.raises(FathomError, match="the engine has 1 ranks; run under mpirun -n 1"):
+        open_executor(engine_dir)
+
+
+def run_cli(*args):
+    from fathom.runtime.cli import main
+
+    return CliRunner().invoke(main, list(args))
+
+
+@pytest.mark.parametrize("command", [
+    ["generate", "{engine}", "-p", "hi", "--tokenizer", str(DEMO_DIR), "--json"],
+    ["bench", "{engine}", "--num-requests", "2", "--input-len", "4", "--output-len", "2", "--no-profile",
+     "--out", "{tmp}/runs.jsonl", "--json"],
+    ["serve", "{engine}", "--tokenizer", str(DEMO_DIR), "--port", "1"],
+    ["chat", "{engine}", "--tokenizer", str(DEMO_DIR)],
+])
+def test_a_follower_rank_serves_the_engine_until_the_leader_shuts_down_then_exits_0(
+        tp2_engine_dir, fake_trtllm, monkeypatch, tmp_path, command):
+    import fathom.runtime.serve.runner as runner
+    import fathom.runtime.trtllm_executor as te
+
+    monkeypatch.setattr(te, "local_gpu_name", lambda: H100)
+    monkeypatch.setattr(runner, "serve", lambda *a, **k: pytest.fail("a follower rank bound a port"))
+    play_rank(monkeypatch, 1, 2)
+    fake_trtllm.LEADER_DONE.set()  # the leader, another process, has shut down
+    r = run_cli(*[a.format(engine=tp2_engine_dir, tmp=tmp_path) for a in command])
+    assert r.exit_code == 0, r.output
+    assert [c for c in fake_trtllm.CALLS if c[0] in ("shutdown", "enqueue_request")] == [("shutdown",)]
+    assert "{" not in r.output and ">>>" not in r.output and "fathom serve:" not in r.output
+    assert not (tmp_path / "runs.jsonl").exists()
+
+
 def test_fathom_serve_runs_an_engine_through_the_trtllm_executor(engine_dir, fake_trtllm):
     import httpx
 
-    from fathom.build.sources import DEMO_DIR
     from fathom.runtime.chat import load_tokenizer
     from serve_harness import running, state_for
 

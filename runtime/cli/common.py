@@ -47,11 +47,13 @@ def runtime_options(f):
 def open_runtime(model: str, executor: str, dtype: str, device: str | None, tokenizer: str | None,
                  max_seq_len: int, threads: int | None = None, **torch_options):
     """Resolve MODEL, open the executor and the tokenizer. Returns (source, executor, tokenizer).
-    `torch_options` go to the torch executor (see executors.create_executor)."""
+    `torch_options` go to the torch executor (see executors.create_executor). On a TensorRT-LLM rank
+    other than the leader it does not return: the rank serves the engine, then exits 0."""
     from fathom.build.sources import resolve_model
     from fathom.runtime.chat import load_tokenizer
     from fathom.runtime.executors import create_executor
     from fathom.runtime.loader import resolve_dtype
+    from fathom.runtime.trtllm_executor import exit_if_follower
 
     source = resolve_model(model, tokenizer=tokenizer)
     tok = load_tokenizer(source.tokenizer_dir, model)
@@ -59,4 +61,5 @@ def open_runtime(model: str, executor: str, dtype: str, device: str | None, toke
     eos = source.config.eos_token_ids or ([tok.eos_token_id] if tok.eos_token_id is not None else [])
     ex = create_executor(executor, source, dtype=dtype, device=device, max_seq_len=max_seq_len, eos_ids=eos,
                          threads=threads, **torch_options)
+    exit_if_follower(ex)
     return source, ex, tok
