@@ -41,14 +41,17 @@ process spawns `executorWorker` processes itself with MPI_Comm_spawn (executorIm
 supports dynamic process creation, and adds one process that holds no GPU; under mpirun every
 rank is a plain `fathom` process with one GPU. Rank 0 is the leader: `can_enqueue_requests()` is
 true there only. Every other rank calls `serve_follower()` (see `exit_if_follower`), which blocks
-in `shutdown()` until the leader shuts down, and exits 0. The leader's Executor shuts down (and
-releases the followers) when the TrtllmExecutor is dropped: the C++ destructor calls `shutdown()`.
+in `shutdown()` until the leader shuts down, and exits 0. The leader shuts its Executor down (which
+releases the followers) on `close()`, when the TrtllmExecutor is collected, or at interpreter exit
+(`weakref.finalize`), whichever comes first: a leader that ends with an exception still releases
+its followers instead of leaving mpirun waiting on them.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import weakref
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
@@ -125,6 +128,8 @@ class TrtllmExecutor:
         self.executor = bindings.Executor(self.engine_dir, bindings.ModelType.DECODER_ONLY,
                                           self.settings.executor_config(bindings, self.max_batch_size))
         self.is_leader = self.executor.can_enqueue_requests()
+        # Only the leader's shutdown() ends the run on every rank (a follower's blocks until then).
+        self._shutdown = weakref.finalize(self, self.executor.shutdown) if self.is_leader else None
         self.tracked: dict[int, _Tracked] = {}  # executor request id -> request in flight
         self.executor_ids: dict[str, int] = {}  # fathom request id -> executor request id
         self.cancelled: list[str] = []  # cancel_request sent, "cancelled" not reported yet
@@ -204,6 +209,11 @@ class TrtllmExecutor:
             if stats.kv_cache_stats is not None:
                 self.kv_stats = stats.kv_cache_stats
         return events
+
+    def close(self) -> None:
+        """Shut the leader's Executor down (once), releasing the follower ranks."""
+        if self._shutdown is not None:
+            self._shutdown()
 
     # ---- ranks ------------------------------------------------------------------------
     def serve_follower(self) -> None:

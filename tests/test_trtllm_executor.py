@@ -369,3 +369,17 @@ def test_fathom_serve_runs_an_engine_through_the_trtllm_executor(engine_dir, fak
         refused = httpx.post(url + "/v1/completions", json={"model": "demo", "prompt": prompt, "max_tokens": 4,
                                                              "logprobs": 1}, timeout=30)
         assert refused.status_code == 400 and "not supported by the trtllm executor" in refused.text
+
+
+def test_the_leader_shuts_its_executor_down_once_on_close_or_when_collected(engine_dir, fake_trtllm):
+    import gc
+
+    shutdowns = lambda: [c for c in fake_trtllm.CALLS if c[0] == "shutdown"]  # noqa: E731
+    ex = open_executor(engine_dir)
+    ex.close()
+    ex.close()
+    assert len(shutdowns()) == 1 and fake_trtllm.LEADER_DONE.is_set()  # the followers are released
+    fake_trtllm.CALLS.clear()
+    open_executor(engine_dir)  # dropped at once, e.g. by a command that ended with an exception
+    gc.collect()
+    assert len(shutdowns()) == 1
