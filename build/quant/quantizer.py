@@ -160,14 +160,16 @@ def trtllm_padding(qcfg: QuantConfig, cfg: ModelConfig, tp: int) -> str | None:
     awq = algo is QuantAlgo.W4A16_AWQ
     base = max(WEIGHT_ONLY_PAD, qcfg.group_size) if awq else WEIGHT_ONLY_PAD
     rule = (f"max({WEIGHT_ONLY_PAD}, group size {qcfg.group_size})" if awq else f"{WEIGHT_ONLY_PAD}") + f" * tp {tp}"
+    padded = []  # (module, side, width)
     for module, (kind, (out_rank, in_rank)) in _quantized_shards(qcfg, cfg, tp).items():
         widths = {"output": out_rank if kind is ShardKind.ROW else out_rank * tp,
                   "input": in_rank * tp if kind is ShardKind.ROW else in_rank}
-        for side, width in widths.items():
-            if width % (base * tp):
-                suffix = module.split(".", 3)[-1]
-                return (f"{qcfg.weights(cfg.torch_dtype)} at tp {tp}: {module} has {width} {side} features, not a "
-                        f"multiple of {rule} = {base * tp}; TensorRT-LLM pads it to "
-                        f"{-(-width // (base * tp)) * base * tp} and then refuses the checkpoint's unpadded shape "
-                        f"(convert with --exclude lm_head,'*.{suffix}' to leave it unquantized)")
+        padded += [(module, side, width) for side, width in widths.items() if width % (base * tp)]
+    if padded:
+        module, side, width = padded[0]
+        suffixes = ",".join(dict.fromkeys(f"'*.{m.split('.', 3)[-1]}'" for m, _, _ in padded))
+        return (f"{qcfg.weights(cfg.torch_dtype)} at tp {tp}: {module} has {width} {side} features, not a "
+                f"multiple of {rule} = {base * tp}; TensorRT-LLM pads it to {-(-width // (base * tp)) * base * tp} "
+                f"and then refuses the checkpoint's unpadded shape (add {suffixes} to convert's --exclude to leave "
+                f"every such linear unquantized)")
     return None
