@@ -11,6 +11,10 @@ tensorrt_llm writes to stdout, which would corrupt fathom's `--json` output:
   ..." per extra config key);
 - TensorRT's own logger (the `trt.Logger` made in tensorrt_llm/logger.py) and the C++ runtime print
   from native code, which only a file-descriptor redirect catches.
+The C++ logger (cpp/include/tensorrt_llm/common/logger.h, `Logger::log`) writes to std::cout when
+its *configured* level is below WARNING and to std::cerr otherwise, so with TLLM_LOG_LEVEL=info or
+finer the C++ runtime's logs reach stdout from its own threads at any time; leave it at warning or
+above when stdout must stay JSON.
 So the import runs with stdout sent to stderr (the logger's handler is born pointing at stderr, and
 a handler made earlier is re-pointed), and `stdout_to_stderr()` wraps the build calls.
 """

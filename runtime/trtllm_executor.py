@@ -102,7 +102,7 @@ class TrtllmExecutor:
         from fathom.build.checkpoint import read_checkpoint
         from fathom.engine.manifest import MANIFEST_NAME, check_engine_compat, read_engine_manifest
         from fathom.engine.presets import engine_formats
-        from fathom.engine.trtllm import import_tensorrt_llm
+        from fathom.engine.trtllm import import_tensorrt_llm, stdout_to_stderr
 
         self.engine_dir, self.config = Path(engine_dir), config
         engine = read_checkpoint(self.engine_dir)  # the engine's pretrained_config, read before loading it
@@ -125,8 +125,9 @@ class TrtllmExecutor:
         from tensorrt_llm.bindings import executor as bindings
 
         self.bindings = bindings
-        self.executor = bindings.Executor(self.engine_dir, bindings.ModelType.DECODER_ONLY,
-                                          self.settings.executor_config(bindings, self.max_batch_size))
+        with stdout_to_stderr():  # engine loading logs must not reach a --json stdout
+            self.executor = bindings.Executor(self.engine_dir, bindings.ModelType.DECODER_ONLY,
+                                              self.settings.executor_config(bindings, self.max_batch_size))
         self.is_leader = self.executor.can_enqueue_requests()
         # Only the leader's shutdown() ends the run on every rank (a follower's blocks until then).
         self._shutdown = weakref.finalize(self, self.executor.shutdown) if self.is_leader else None

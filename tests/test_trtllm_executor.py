@@ -383,3 +383,10 @@ def test_the_leader_shuts_its_executor_down_once_on_close_or_when_collected(engi
     open_executor(engine_dir)  # dropped at once, e.g. by a command that ended with an exception
     gc.collect()
     assert len(shutdowns()) == 1
+
+
+def test_engine_loading_logs_written_to_fd_1_go_to_stderr(engine_dir, fake_trtllm, capfd):
+    capfd.readouterr()
+    open_executor(engine_dir).close()
+    out, err = capfd.readouterr()
+    assert out == "" and "[TensorRT-LLM][INFO] Loaded engine" in err

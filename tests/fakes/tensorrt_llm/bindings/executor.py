@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import enum
 import json
+import os
 import threading
 import zlib
 from pathlib import Path
@@ -214,6 +215,9 @@ class Executor:
     def __init__(self, model_path, model_type: ModelType, executor_config: ExecutorConfig):
         CALLS.append(("Executor", {"model_path": str(model_path), "model_type": model_type,
                                    "executor_config": executor_config}))
+        # The C++ logger writes to std::cout when its level is below WARNING (common/logger.h), as
+        # with TLLM_LOG_LEVEL=info while the engine loads; written to fd 1 as native code does.
+        os.write(1, b"[TensorRT-LLM][INFO] Loaded engine\n")
         engine = json.loads((Path(model_path) / "config.json").read_text())
         build, mapping = engine["build_config"], engine["pretrained_config"].get("mapping", {})
         parallel = executor_config.parallel_config or ParallelConfig()
