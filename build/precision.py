@@ -60,6 +60,11 @@ class QuantAlgo(str, Enum):
     W4A16_AWQ = "W4A16_AWQ"
     INT8 = "INT8"  # KV cache only
 
+    @property
+    def weight_only(self) -> bool:
+        """Integer weights beside activations in the model dtype (TensorRT-LLM's WeightOnly* layers)."""
+        return self in (QuantAlgo.W8A16, QuantAlgo.W4A16_AWQ)
+
 
 AWQ_GROUP_SIZES = (64, 128)  # what TRT-LLM's fine-grained int4 GEMM kernels implement
 DEFAULT_GROUP_SIZE = 128

@@ -14,6 +14,8 @@ from importlib import resources
 from fathom.build.errors import ConfigError, MissingDependencyError, PlanError
 from fathom.build.precision import KvCacheFormat, QuantAlgo, WeightFormat
 
+from .trtllm import SUPPORTED_TRTLLM_VERSION
+
 GIB = 2**30
 TB = 10**12
 # dense_tflops keys every entry must have: the tensor-core input dtypes of the weight formats. Entries
@@ -23,7 +25,6 @@ COMPUTE_DTYPES = tuple(dict.fromkeys(w.compute_dtype for w in WeightFormat if w.
 # on a GPU with 100 <= sm < 120 for INT8/INT4 weight-only models (QuantMode.is_int8_weight_only /
 # is_int4_weight_only: fathom's w8a16 and w4a16_awq) and for an INT8 KV cache.
 NO_INTEGER_QUANT_SM = range(100, 120)
-INTEGER_WEIGHT_ONLY_ALGOS = (QuantAlgo.W8A16, QuantAlgo.W4A16_AWQ)
 
 
 @dataclass(frozen=True)
@@ -76,11 +77,11 @@ class GpuSpec:
         """Why TensorRT-LLM refuses to build these formats for this GPU, or None."""
         if self.sm not in NO_INTEGER_QUANT_SM:
             return None
-        what = [f"{weights} weights"] if weights.quant_algo in INTEGER_WEIGHT_ONLY_ALGOS else []
+        what = [f"{weights} weights"] if weights.quant_algo is not None and weights.quant_algo.weight_only else []
         what += [f"an {kv_cache} KV cache"] if kv_cache.quant_algo is QuantAlgo.INT8 else []
         if not what:
             return None
-        return (f"{self.name} is sm{self.sm}: TensorRT-LLM 1.2.1 builds no INT8/INT4 quantization for "
+        return (f"{self.name} is sm{self.sm}: TensorRT-LLM {SUPPORTED_TRTLLM_VERSION} builds no INT8/INT4 quantization for "
                 f"{NO_INTEGER_QUANT_SM.start} <= sm < {NO_INTEGER_QUANT_SM.stop} ({' and '.join(what)})")
 
     def summary(self) -> dict:

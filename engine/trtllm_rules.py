@@ -10,10 +10,13 @@ before building, with a logged warning only:
   ("FP8 Paged Context FMHA is disabled because FP8 context FMHA is disabled") and for an INT8 KV
   cache with any weights ("it doesn't work with int8 kv cache currently").
 
-The C++ runtime then needs paged context FMHA for chunked context (it refuses to start:
-cpp/tensorrt_llm/batch_manager/trtGptModelInflightBatching.cpp, "Chunked context requires context
-FMHA, paged kv_cache and paged context FMHA all enabled at the same time") and for KV block reuse
-(`fixOptionalParams` turns reuse off). Without chunked context one engine step must hold a whole
+The C++ runtime then needs paged context FMHA for chunked context and for KV block reuse: the
+executor switches both off with a warning on an engine without it (cpp/tensorrt_llm/batch_manager/
+trtGptModelInflightBatching.cpp, `fixExecutorConfig` / `fixOptionalParams`; constructed directly,
+the model refuses instead: "Chunked context requires context FMHA, paged kv_cache and paged context
+FMHA all enabled at the same time"), and then rejects each prompt longer than one step. fathom
+never asks for what would be switched off: presets follow this rule, and the build and the trtllm
+executor refuse a manifest that asks for it (`check_runtime`). Without chunked context one engine step must hold a whole
 prompt: the scheduler's maximum context length is `max_num_tokens` when context FMHA is on, so
 `max_num_tokens` must be at least `max_input_len`.
 """

@@ -103,6 +103,7 @@ class TrtllmExecutor:
         from fathom.engine.manifest import MANIFEST_NAME, check_engine_compat, read_engine_manifest
         from fathom.engine.presets import engine_formats
         from fathom.engine.trtllm import import_tensorrt_llm, stdout_to_stderr
+        from fathom.engine.trtllm_rules import check_runtime
 
         self.engine_dir, self.config = Path(engine_dir), config
         engine = read_checkpoint(self.engine_dir)  # the engine's pretrained_config, read before loading it
@@ -120,6 +121,7 @@ class TrtllmExecutor:
         self.rank = checked_mpi_rank(trtllm, int(self.manifest.get("mapping", {}).get("world_size", 1)),
                                      str(self.engine_dir))
         build = read_json(self.engine_dir / "config.json")["build_config"]
+        check_runtime(self.manifest.get("runtime") or {}, build["plugin_config"], f"{self.engine_dir}/{MANIFEST_NAME}")
         self.max_batch_size, self.max_input_len = build["max_batch_size"], build["max_input_len"]
         self.max_seq_len = min(max_seq_len or build["max_seq_len"], build["max_seq_len"])
         from tensorrt_llm.bindings import executor as bindings
@@ -245,8 +247,11 @@ class TrtllmExecutor:
         events = [TokenEvent(rid, token, t) for token in result.output_token_ids[0]]
         if result.is_final:
             self._finish(tracked)
-            # A final result names why it ended; LENGTH is the one for the executor's own length caps.
-            reason = FINISH_REASONS.get(result.finish_reasons[0].name, "length")
+            name = result.finish_reasons[0].name
+            reason = FINISH_REASONS.get(name)
+            if reason is None:
+                log.error("request %s: tensorrt_llm ended it with finish reason %s", rid, name)
+                reason = "abort"
             events = events[:-1] + [replace(events[-1], finish_reason=reason)] if events else \
                 [TokenEvent(rid, None, t, reason)]
         return events

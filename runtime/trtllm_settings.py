@@ -41,8 +41,8 @@ class RuntimeSettings:
         known = [f.name for f in fields(cls)]
         unknown = sorted(set(runtime) - set(known))
         if unknown:
-            raise CheckpointError(f"{source}: runtime options {unknown} are not ModelRunnerCpp.from_dir arguments "
-                                  f"(expected some of {', '.join(known)})")
+            raise CheckpointError(f"{source}: field 'runtime': unknown options {unknown} (expected some of "
+                                  f"{', '.join(known)}: ModelRunnerCpp.from_dir's names)")
         for key, value in runtime.items():
             if key == "kv_cache_free_gpu_memory_fraction":
                 ok = value is None or (_is_number(value) and 0 < value <= 1)

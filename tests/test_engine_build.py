@@ -291,8 +291,7 @@ def test_fathom_asks_for_what_build_keeps_so_the_manifest_matches_the_engine(tmp
 
 
 def test_int8_kv_engines_run_without_chunked_context(tmp_path, fake_trtllm):
-    # The defect: fathom asked for paged context FMHA and chunked context, build() dropped the
-    # former and the C++ executor refuses the latter on such an engine.
+    # build() drops paged context FMHA beside an INT8 KV cache, and chunked context needs it.
     ckpt = write_checkpoint(tmp_path / "ckpt", WEIGHT_ONLY_BUILDABLE, quant_algo="W4A16_AWQ", kv_algo="INT8")
     spec = prepare_build(ckpt, gpu="l40s")
     assert spec.settings.plugin_config["use_paged_context_fmha"] is False
@@ -389,23 +388,55 @@ def test_integer_quantization_is_refused_for_sm100_before_building(tmp_path, fak
 
 
 # ---- parallel build ---------------------------------------------------------------------------------
+class InlinePool:
+    """ProcessPoolExecutor stand-in: runs each task at submit, records the pool size and the calls."""
+
+    made: list = []
+
+    def __init__(self, max_workers, mp_context=None):
+        self.max_workers, self.calls = max_workers, []
+        InlinePool.made.append(self)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def submit(self, fn, *args):
+        from concurrent.futures import Future
+
+        self.calls.append(args)
+        future = Future()
+        future.set_result(fn(*args))
+        return future
+
+    def shutdown(self, wait=True, cancel_futures=False):
+        pass
+
+
 def test_workers_are_capped_at_the_visible_gpus_and_rank_r_builds_on_gpu_r_mod_workers(tmp_path, fake_trtllm,
                                                                                      monkeypatch):
-    parallel, in_turn = [], []
-    monkeypatch.setattr(builder, "_build_parallel", lambda args, ranks, out_dir, workers, select_gpu, on_rank: (
-        parallel.append((workers, [r % workers if select_gpu else None for r in ranks])),
-        [build_rank(args[0], r, args[1], args[2], out_dir) for r in ranks]))
-    monkeypatch.setattr(builder, "build_rank", lambda *a: in_turn.append(a[-1]) or build_rank(*a[:-1]))
+    import torch
+
+    InlinePool.made = []
+    devices = []
+    monkeypatch.setattr(builder, "ProcessPoolExecutor", InlinePool)
+    monkeypatch.setattr(torch.cuda, "set_device", devices.append)
     spec = prepare_build(write_checkpoint(tmp_path / "ckpt", "tiny-gqa5", tp=2, pp=2), gpu="h100")
     monkeypatch.setattr(builder, "visible_gpu_count", lambda: 2)
     build_engine(spec, tmp_path / "a", workers=8)
-    assert parallel == [(2, [0, 1, 0, 1])] and in_turn == []
+    (pool,) = InlinePool.made
+    assert pool.max_workers == 2
+    assert [(call[1], call[-1]) for call in pool.calls] == [(0, 0), (1, 1), (2, 0), (3, 1)]  # (rank, gpu index)
+    assert devices == [0, 1, 0, 1]
     monkeypatch.setattr(builder, "visible_gpu_count", lambda: 1)
-    build_engine(spec, tmp_path / "b", workers=8)  # one GPU: every rank in turn on it
-    assert parallel == [(2, [0, 1, 0, 1])] and in_turn == [0, 0, 0, 0]
+    fake_trtllm.CALLS.clear()
+    build_engine(spec, tmp_path / "b", workers=8)  # one GPU: every rank in turn on it, no pool
+    assert len(InlinePool.made) == 1 and devices == [0, 1, 0, 1, 0, 0, 0, 0]
+    assert [c[2] for c in calls(fake_trtllm, "save")] == [0, 1, 2, 3]
 
 
-build_rank = builder.build_rank
 
 
 # ---- stdout stays JSON ----------------------------------------------------------------------------

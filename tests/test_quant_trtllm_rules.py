@@ -20,7 +20,7 @@ FATHOM = preset("fathom-r1-14b")  # hidden 5120, MLP 13824, qkv 7168
     ("w8a16", 128, None, 8, None),  # 64 * 8 = 512 divides 5120, 13824 and 7168
     ("w4a16_awq", 128, ["lm_head", "*.mlp.proj"], 4, None),  # 128 * 4 = 512
     ("w4a16_awq", 64, ["lm_head", "*.mlp.proj"], 8, None),  # max(64, 64) * 8 = 512
-    # The case: mlp.proj excluded passes the per-rank group check, but 13824 % 1024 != 0.
+    # mlp.proj excluded passes the per-rank group check, but 13824 % 1024 != 0.
     ("w4a16_awq", 128, ["lm_head", "*.mlp.proj"], 8, "mlp.fc has 13824 output features"),
     ("w4a16_awq", 128, ["lm_head", "*.mlp.proj", "*.mlp.fc", "*.mlp.gate"], 8, None),
 ])
@@ -56,8 +56,13 @@ def test_fp8_refuses_excluding_one_half_of_the_fused_mlp():
                                 (["lm_head", "transformer.layers.1.mlp.gate"], "layers.1.mlp.gate", "layers.1.mlp.fc")):
         with pytest.raises(ConfigError, match=f"{left} is excluded but .*{kept} is not; .*use_fused_mlp"):
             make_quant_config(tiny, "fp8", exclude=exclude)
-    # W8A16 / AWQ layers are not fused (fuse_gate_mlp skips them): one half may stay unquantized.
-    make_quant_config(tiny, "w8a16", exclude=["lm_head", "*.mlp.fc"])
+    # Weight-only: fuse_gate_mlp skips a quantized fc, and concatenates raw weights beside an unquantized one.
+    make_quant_config(tiny, "w8a16", exclude=["lm_head", "*.mlp.gate"])
+    make_quant_config(tiny, "w4a16_awq", exclude=["lm_head", "*.mlp.fc", "*.mlp.gate", "*.mlp.proj"], group_size=64)
+    for precision in ("w8a16", "w4a16_awq"):
+        with pytest.raises(ConfigError, match=r"mlp.fc is excluded but .*mlp.gate is not; .*exclude both, or only "
+                                              r"the gate"):
+            make_quant_config(tiny, precision, exclude=["lm_head", "*.mlp.fc", "*.mlp.proj"], group_size=64)
 
 
 def test_fp8_pair_excluded_by_glob_is_also_listed_by_exact_fc_name():

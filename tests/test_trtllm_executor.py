@@ -151,7 +151,7 @@ def test_runtime_settings_map_onto_the_executor_config_like_from_dir(engine_dir,
 
 
 @pytest.mark.parametrize("runtime, message", [
-    ({"kv_cache_fraction": 0.9}, r"runtime options \['kv_cache_fraction'\] are not ModelRunnerCpp.from_dir arguments"),
+    ({"kv_cache_fraction": 0.9}, r"field 'runtime': unknown options \['kv_cache_fraction'\] \(expected some of "),
     ({"kv_cache_free_gpu_memory_fraction": 1.5}, r"runtime.kv_cache_free_gpu_memory_fraction = 1.5, expected a number"),
     ({"enable_chunked_context": "yes"}, r"runtime.enable_chunked_context = 'yes', expected true or false"),
 ])
@@ -390,3 +390,27 @@ def test_engine_loading_logs_written_to_fd_1_go_to_stderr(engine_dir, fake_trtll
     open_executor(engine_dir).close()
     out, err = capfd.readouterr()
     assert out == "" and "[TensorRT-LLM][INFO] Loaded engine" in err
+
+
+def test_chunked_context_on_an_engine_without_paged_context_fmha_is_refused_not_switched_off(engine_dir, fake_trtllm):
+    from fathom.build.errors import PlanError
+
+    config = engine_dir / "config.json"
+    engine = json.loads(config.read_text())
+    engine["build_config"]["plugin_config"]["use_paged_context_fmha"] = False  # as build() leaves an INT8-KV engine
+    config.write_text(json.dumps(engine))
+    set_manifest_runtime(engine_dir, {"enable_chunked_context": True})
+    with pytest.raises(PlanError, match="runtime enable_chunked_context=true needs an engine with use_paged_context_fmha"):
+        open_executor(engine_dir)
+    assert not [c for c in fake_trtllm.CALLS if c[0] == "Executor"]
+
+
+def test_a_final_response_without_a_known_finish_reason_aborts_that_request(engine_dir, fake_trtllm, caplog):
+    tle = fake_trtllm
+    ex = open_executor(engine_dir, eos_ids=())
+    ex.submit(Request("a", [1, 2], SamplingParams(max_new_tokens=4)))
+    odd = tle.Response(1, tle.Result([[5]], True, [tle.FinishReason.NOT_FINISHED]))
+    with caplog.at_level(logging.ERROR, logger="fathom.trtllm"):
+        events = ex._events(odd, 0.0)
+    assert [(e.token_id, e.finish_reason) for e in events] == [(5, "abort")]
+    assert "request a: tensorrt_llm ended it with finish reason NOT_FINISHED" in caplog.text

@@ -16,6 +16,9 @@ trailing-`*` prefix (not fnmatch): an FP8 fc beside an excluded gate fails its
 bytes with 16-bit weights, and a pair excluded by a glob such as `*.mlp.fc` takes the FP8 branch and
 reads a `weights_scaling_factor` the unquantized gate does not have. So FP8 refuses excluding only
 one of the pair, and for a pair excluded together lists the fc module by its exact name as well.
+Weight-only formats (W8A16, AWQ): `fuse_gate_mlp` leaves a pair alone when fc is quantized, and
+concatenates the two raw weights when fc is unquantized, so an excluded fc beside a quantized gate
+would put int8/int4 bytes beside 16-bit weights: refused (excluding the gate alone is fine).
 q, k and v are one tensor (`attention.qkv`) in the checkpoint, so an exclude pattern always covers
 all three.
 """
@@ -159,8 +162,8 @@ def make_quant_config(cfg: ModelConfig, precision: WeightFormat | str | None = N
         # The load-time quantizer matches the patterns against tensor names
         # (`...mlp.proj.weight`), quantize_layers against module names: list both forms.
         patterns += [f"{p}.*" for p in patterns if f"{p}.*" not in patterns]
-    if algo is QuantAlgo.FP8:
-        patterns += _fused_mlp_exclusions(cfg, patterns)
+    if algo is not None:
+        patterns += _fused_mlp_exclusions(cfg, patterns, algo)
     awq = algo is QuantAlgo.W4A16_AWQ
     qcfg = QuantConfig(quant_algo=algo, kv_cache_quant_algo=kv, group_size=group_size,
                        pre_quant_scale=awq, exclude_modules=tuple(patterns), source="--precision")
@@ -174,17 +177,22 @@ def make_quant_config(cfg: ModelConfig, precision: WeightFormat | str | None = N
     return qcfg
 
 
-def _fused_mlp_exclusions(cfg: ModelConfig, patterns: list[str]) -> list[str]:
-    """FP8: refuse an exclude list that splits a layer's fc/gate pair (TensorRT-LLM fuses them, see
-    the module docstring); the exact names of excluded fc modules that `patterns` lists only by glob."""
+def _fused_mlp_exclusions(cfg: ModelConfig, patterns: list[str], algo: QuantAlgo) -> list[str]:
+    """Refuse an exclude list that splits a layer's fc/gate pair in a way `fuse_gate_mlp` cannot
+    fuse (see the module docstring); for FP8, the exact names of excluded fc modules that `patterns`
+    lists only by glob."""
     excluded = lambda module: any(fnmatch.fnmatchcase(module, p) for p in patterns)  # noqa: E731
     exact = []
     for i in range(cfg.num_hidden_layers):
         fc, gate = f"transformer.layers.{i}.mlp.fc", f"transformer.layers.{i}.mlp.gate"
-        if excluded(fc) != excluded(gate):
+        if algo is QuantAlgo.FP8 and excluded(fc) != excluded(gate):
             left, kept = (fc, gate) if excluded(fc) else (gate, fc)
             raise ConfigError(f"--exclude: {left} is excluded but {kept} is not; TensorRT-LLM fuses mlp.fc and "
                               "mlp.gate into one FP8 GEMM (use_fused_mlp), so exclude both or neither")
-        if excluded(fc) and fc not in patterns:
+        if algo is not QuantAlgo.FP8 and excluded(fc) and not excluded(gate):
+            raise ConfigError(f"--exclude: {fc} is excluded but {gate} is not; TensorRT-LLM fuses an unquantized "
+                              f"mlp.fc with its mlp.gate (use_fused_mlp), which then must be unquantized too: "
+                              f"exclude both, or only the gate")
+        if algo is QuantAlgo.FP8 and excluded(fc) and fc not in patterns:
             exact.append(fc)
     return exact

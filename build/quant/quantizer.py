@@ -155,7 +155,7 @@ def trtllm_padding(qcfg: QuantConfig, cfg: ModelConfig, tp: int) -> str | None:
     """Why TensorRT-LLM cannot build this checkpoint because it would pad a weight-only linear (see
     the module docstring), or None. The torch and reference executors run such checkpoints."""
     algo = qcfg.quant_algo
-    if algo not in (QuantAlgo.W8A16, QuantAlgo.W4A16_AWQ):
+    if algo is None or not algo.weight_only:
         return None
     awq = algo is QuantAlgo.W4A16_AWQ
     base = max(WEIGHT_ONLY_PAD, qcfg.group_size) if awq else WEIGHT_ONLY_PAD
