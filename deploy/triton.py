@@ -1,8 +1,8 @@
 """A Triton Inference Server model repository for a fathom engine (`fathom export triton`).
 
 The layout is the tensorrtllm_backend's inflight_batcher_llm one, as tensorrt-llm 1.2.1 ships it in
-NVIDIA/TensorRT-LLM triton_backend/all_models/inflight_batcher_llm/ (stored copies of the release/1.2
-line read; see triton_tensors.py for the commits):
+NVIDIA/TensorRT-LLM triton_backend/all_models/inflight_batcher_llm/ (triton_tensors.py names the
+copies read):
 
     OUT/preprocessing/config.pbtxt, 1/model.py   python: tokenizes text_input (container's model.py)
     OUT/tensorrt_llm/config.pbtxt, 1/            the C++ backend "tensorrtllm" running the engine

@@ -1,9 +1,10 @@
 """The tensors of the tensorrtllm_backend's inflight_batcher_llm models: names, data types, dims.
 
 Read from NVIDIA/TensorRT-LLM triton_backend/all_models/inflight_batcher_llm/*/config.pbtxt and the
-python models' 1/model.py (the stored copies of the release/1.2 line that tensorrt-llm 1.2.1 ships
-from: tensorrt_llm/config.pbtxt at 0c8de69a, whose tensorrt_llm/version.py says 1.2.0rc8;
-preprocessing at 08dc37e3, postprocessing at 89fd9b74, ensemble at 2a9abd95). The lists are complete,
+python models' 1/model.py, the folder tensorrt-llm 1.2.1 ships the backend in. The v1.2.1 tag itself
+was not available; the copies read are tensorrt_llm/config.pbtxt at commit 0c8de69a (its
+tensorrt_llm/version.py: 1.2.0rc8), preprocessing at 08dc37e3, postprocessing at 89fd9b74 and
+ensemble at 2a9abd95. The lists are complete,
 in the templates' order: the container's python models look up some of these configs by name at
 load time (preprocessing's `initialize` reads the output configs of PIXEL_VALUES and IMAGE_SIZES),
 and the C++ backend sends every output it produces, so a config that drops a tensor fails there,
