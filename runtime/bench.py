@@ -36,6 +36,7 @@ class BenchTarget:
     tokenizer: str | None = None
     max_seq_len: int | None = None  # None: the longest prompt + output of the workload
     threads: int | None = None
+    hostfile: str | None = None  # MPI hostfile for a multi-node engine (fathom.deploy.launch)
     endpoint: str | None = None  # URL of an OpenAI-compatible server
     request_timeout_s: float = 600.0  # endpoint only: socket timeout of one request
 
@@ -132,9 +133,12 @@ def bench_model(target: BenchTarget, workload: WorkloadSpec = WorkloadSpec(),
 
 def _run_executor(source: ModelSource, target: BenchTarget, workload: WorkloadSpec, profiling: ProfileOptions,
                   progress: bool) -> tuple[BenchRun, dict]:
+    from fathom.deploy.launch import launch_ranks
+
     from .executors import create_executor
     from .trtllm_executor import exit_if_follower
 
+    launch_ranks(target.executor, source, target.hostfile)  # a multi-rank engine re-runs under mpirun
     tok = None
     if workload.dataset != "random" and source.tokenizer_dir is not None:
         from .chat import load_tokenizer

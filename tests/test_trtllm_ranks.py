@@ -14,10 +14,10 @@ from fathom.runtime.sampling import SamplingParams
 from test_trtllm_executor import H100, engine_dir, fake_trtllm, open_executor, script_tokens, tp2_engine_dir  # noqa: F401 (fixtures)
 
 def play_rank(monkeypatch, rank: int, world: int):
-    import tensorrt_llm._utils as mpi
-
-    monkeypatch.setattr(mpi, "RANK", rank)
-    monkeypatch.setattr(mpi, "WORLD_SIZE", world)
+    """This process as one rank of an `mpirun -n world` job (MPICH/Hydra's PMI variables, which the
+    fake tensorrt_llm's MPI helpers read)."""
+    monkeypatch.setenv("PMI_RANK", str(rank))
+    monkeypatch.setenv("PMI_SIZE", str(world))
 
 
 def test_the_rank_comes_from_tensorrt_llm_mpi_not_open_mpi_variables(tp2_engine_dir, fake_trtllm, monkeypatch):

@@ -38,6 +38,9 @@ def runtime_options(f):
                      help="CPU threads (default: 1 for small models, where more threads only add overhead)."),
         click.option("--max-seq-len", type=click.IntRange(16), default=DEFAULT_MAX_SEQ_LEN, show_default=True,
                      help="KV cache capacity per sequence (prompt + output)."),
+        click.option("--hostfile", type=click.Path(exists=True, dir_okay=False), default=None,
+                     help="MPI hostfile for a multi-node engine (trtllm executor): ranks start with "
+                          "mpirun -n N --hostfile FILE."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -45,11 +48,14 @@ def runtime_options(f):
 
 
 def open_runtime(model: str, executor: str, dtype: str, device: str | None, tokenizer: str | None,
-                 max_seq_len: int, threads: int | None = None, **torch_options):
+                 max_seq_len: int, threads: int | None = None, hostfile: str | None = None, **torch_options):
     """Resolve MODEL, open the executor and the tokenizer. Returns (source, executor, tokenizer).
-    `torch_options` go to the torch executor (see executors.create_executor). On a TensorRT-LLM rank
-    other than the leader it does not return: the rank serves the engine, then exits 0."""
+    `torch_options` go to the torch executor (see executors.create_executor). A multi-rank engine
+    started without MPI re-runs the command under mpirun first (fathom.deploy.launch). On a
+    TensorRT-LLM rank other than the leader it does not return: the rank serves the engine, then
+    exits 0."""
     from fathom.build.sources import resolve_model
+    from fathom.deploy.launch import launch_ranks
     from fathom.runtime.chat import load_tokenizer
     from fathom.runtime.executors import create_executor
     from fathom.runtime.loader import resolve_dtype
@@ -57,6 +63,7 @@ def open_runtime(model: str, executor: str, dtype: str, device: str | None, toke
 
     source = resolve_model(model, tokenizer=tokenizer)
     tok = load_tokenizer(source.tokenizer_dir, model)
+    launch_ranks(executor, source, hostfile)
     dtype, device = resolve_dtype(dtype, device)
     eos = source.config.eos_token_ids or ([tok.eos_token_id] if tok.eos_token_id is not None else [])
     ex = create_executor(executor, source, dtype=dtype, device=device, max_seq_len=max_seq_len, eos_ids=eos,

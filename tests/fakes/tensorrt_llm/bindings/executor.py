@@ -24,7 +24,10 @@ argument raises TypeError here as it would there. The rules modelled, and where 
   ("With LEADER communication mode, only leader rank is expected to call ...",
   `checkParallelApiUsage`); its `shutdown()` returns once the leader has shut down (it joins the
   execution thread, which ends when the leader's terminate request arrives). The leader's
-  `shutdown()` sets LEADER_DONE; a test playing a follower rank sets it itself.
+  `shutdown()` sets LEADER_DONE, and when the ranks are separate processes started by
+  tests/fakes/bin/mpirun it also creates LEADER_DONE_FILE in the job's directory (FAKE_MPI_JOB_DIR,
+  which that mpirun sets), standing in for the terminate message; a follower's `shutdown()`
+  returns on either. A test playing a follower rank in-process sets LEADER_DONE itself.
 - After `shutdown()` nothing may be enqueued ("Shutdown called, cannot enqueue requests").
 - `get_latest_iteration_stats()` returns the stats of the iterations since the last call and
   clears them (`std::exchange`); `kv_cache_stats` counts blocks of tokens_per_block tokens
@@ -40,6 +43,7 @@ import enum
 import json
 import os
 import threading
+import time
 import zlib
 from pathlib import Path
 
@@ -49,7 +53,8 @@ CALLS: list = []  # ("Executor", config) | ("enqueue_request", Request) | ("canc
 VOCAB = 256
 POOL_BLOCKS = 4096
 LEADER_DONE = threading.Event()
-FOLLOWER_WAIT_S = 10.0  # a follower test that forgot to set LEADER_DONE fails instead of hanging
+LEADER_DONE_FILE = "leader-shutdown"  # in $FAKE_MPI_JOB_DIR: the leader shut down (ranks in separate processes)
+FOLLOWER_WAIT_S = 60.0  # a follower whose leader never shuts down fails instead of hanging
 
 
 def default_script(prompt: list[int], generated: list[int], sampling: "SamplingConfig") -> int:
@@ -275,10 +280,17 @@ class Executor:
         if self.shutdown_called:
             return
         self.shutdown_called = True
+        job_dir = os.environ.get("FAKE_MPI_JOB_DIR")
+        done_file = Path(job_dir) / LEADER_DONE_FILE if job_dir else None
         if self.is_leader:
             LEADER_DONE.set()
-        elif not LEADER_DONE.wait(FOLLOWER_WAIT_S):
-            raise RuntimeError("fake executor: a follower's shutdown() waited for a leader that never shut down")
+            if done_file is not None:
+                done_file.touch()
+            return
+        deadline = time.monotonic() + FOLLOWER_WAIT_S
+        while not (LEADER_DONE.wait(0.05) or (done_file is not None and done_file.exists())):
+            if time.monotonic() > deadline:
+                raise RuntimeError("fake executor: a follower's shutdown() waited for a leader that never shut down")
 
     # ---- test controls ----------------------------------------------------------------------------
     def fail_request(self, request_id: int, error_msg: str) -> None:

@@ -1,0 +1,77 @@
+"""Multi-rank TensorRT-LLM engines from `fathom generate/chat/bench/serve`: start the ranks with mpirun.
+
+An engine built with tp x pp = N > 1 runs as N MPI processes, each a plain `fathom` process in
+leader mode (runtime/trtllm_executor.py). A command started without an MPI launcher re-runs itself
+as `mpirun -n N <the same argv>` before it opens the executor, printing that command on stderr
+first; rank 0 then drives the requests and the other ranks serve the engine until it shuts down.
+Without mpirun on PATH the command is refused with the exact line to run.
+
+    single node:  mpirun -n 2 fathom generate ./engine-tp2 -p "..."   (or let fathom start it)
+    multi-node:   fathom serve ./engine-tp4 --hostfile hosts          (mpirun -n 4 --hostfile hosts ...)
+
+Whether a launcher started this process is read from the variables launchers set, before any MPI
+library is initialised: the same variables TensorRT-LLM's own launcher script reads
+(tensorrt_llm/llmapi/trtllm-llmapi-launch, 1.2 line: SLURM_PROCID, OMPI_COMM_WORLD_RANK, PMI_RANK,
+PMI_ID). Deciding before `import tensorrt_llm` matters: tensorrt_llm/_utils.py imports mpi4py, which
+initialises MPI (a one-process "singleton" world) at import, and a process that has initialised MPI
+must not start mpirun with its MPI environment (the same script strips OMPI_/PMIX_/PMI_... before it
+starts a child for that reason). Under a launcher, the executor then checks the MPI world against
+the engine's ranks (trtllm_settings.checked_mpi_rank).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+from fathom.build.errors import FathomError
+
+# Set by Slurm's srun, Open MPI's mpirun and MPICH/Hydra (PMI) in every process they start.
+LAUNCHER_RANK_VARIABLES = ("SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMI_ID")
+
+
+def started_by_launcher(environ=os.environ) -> bool:
+    return any(name in environ for name in LAUNCHER_RANK_VARIABLES)
+
+
+def engine_ranks(engine_dir: str | Path) -> int:
+    """tp x pp of a fathom engine, from its manifest (fathom-engine.json `mapping.world_size`)."""
+    from fathom.engine.manifest import read_engine_manifest
+
+    return int(read_engine_manifest(engine_dir).get("mapping", {}).get("world_size", 1))
+
+
+def mpirun_argv(ranks: int, argv: list[str], hostfile: str | None = None) -> list[str]:
+    """`mpirun -n N [--hostfile FILE] <argv>`. A script path ending in .py (`python -m`-style
+    starts) is run with this interpreter, so the ranks start the same program."""
+    program = [sys.executable, *argv] if argv[0].endswith(".py") else list(argv)
+    return ["mpirun", "-n", str(ranks), *(["--hostfile", str(hostfile)] if hostfile else []), *program]
+
+
+def launch_ranks(executor: str, source, hostfile: str | None, argv: list[str] | None = None,
+                 environ=os.environ) -> None:
+    """Before `executor` (an --executor name) opens `source` (a ModelSource): return when this
+    process can open it (not the trtllm executor, a 1-rank engine, or started by a launcher);
+    otherwise replace this process with `mpirun -n N <argv>` (default argv: sys.argv), or raise
+    FathomError naming that command when mpirun is not on PATH."""
+    from fathom.runtime.executors import resolve_executor_name
+
+    ranks = engine_ranks(source.path) if resolve_executor_name(executor, source) == "trtllm" else 1
+    if ranks == 1:
+        if hostfile is not None:
+            raise FathomError(f"--hostfile {hostfile}: only used to start a multi-rank engine with the trtllm "
+                              f"executor; {source.spec} runs in one process")
+        return
+    if started_by_launcher(environ):
+        return
+    command = mpirun_argv(ranks, list(sys.argv if argv is None else argv), hostfile)
+    line = shlex.join(command)
+    mpirun = shutil.which("mpirun", path=environ.get("PATH"))
+    if mpirun is None:
+        raise FathomError(f"{source.spec}: the engine has {ranks} ranks and mpirun is not on PATH; run: {line}")
+    print(f"fathom: {source.spec} has {ranks} ranks; running: {line}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os.execvpe(mpirun, command, dict(environ))
