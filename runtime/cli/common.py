@@ -38,6 +38,8 @@ def runtime_options(f):
                      help="CPU threads (default: 1 for small models, where more threads only add overhead)."),
         click.option("--max-seq-len", type=click.IntRange(16), default=DEFAULT_MAX_SEQ_LEN, show_default=True,
                      help="KV cache capacity per sequence (prompt + output)."),
+        click.option("--tp", type=click.IntRange(1), default=1, show_default=True,
+                     help="Tensor-parallel ranks (torch executor; a checkpoint converted with the same --tp)."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -45,7 +47,7 @@ def runtime_options(f):
 
 
 def open_runtime(model: str, executor: str, dtype: str, device: str | None, tokenizer: str | None,
-                 max_seq_len: int, threads: int | None = None, **torch_options):
+                 max_seq_len: int, threads: int | None = None, tp: int = 1, **torch_options):
     """Resolve MODEL, open the executor and the tokenizer. Returns (source, executor, tokenizer).
     `torch_options` go to the torch executor (see executors.create_executor). On a TensorRT-LLM rank
     other than the leader it does not return: the rank serves the engine, then exits 0."""
@@ -60,6 +62,6 @@ def open_runtime(model: str, executor: str, dtype: str, device: str | None, toke
     dtype, device = resolve_dtype(dtype, device)
     eos = source.config.eos_token_ids or ([tok.eos_token_id] if tok.eos_token_id is not None else [])
     ex = create_executor(executor, source, dtype=dtype, device=device, max_seq_len=max_seq_len, eos_ids=eos,
-                         threads=threads, **torch_options)
+                         threads=threads, tp=tp, **torch_options)
     exit_if_follower(ex)
     return source, ex, tok
