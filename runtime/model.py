@@ -111,8 +111,10 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, head_dim: int, theta: float, max_positions: int):
         super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
-        freqs = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq)  # (S, D/2)
+        # On the CPU even inside a meta-device model (`from_tensors` builds it again on its device):
+        # on meta, `theta ** tensor` imports torch's reference ops (~800 modules, ~75 MB of RSS).
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float() / head_dim))
+        freqs = torch.outer(torch.arange(max_positions, dtype=torch.float32, device="cpu"), inv_freq)  # (S, D/2)
         emb = torch.cat((freqs, freqs), dim=-1)  # (S, D)
         sin_signed = torch.cat((-freqs.sin(), freqs.sin()), dim=-1)  # (S, D)
         # cos and sin side by side: one index_select fetches both.
@@ -162,7 +164,10 @@ class DecoderLayer(nn.Module):
 class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig, shard_cfg: ModelConfig):
         super().__init__()
-        self.vocab_embedding = nn.Embedding(cfg.vocab_size, cfg.hidden_size)  # replicated on every rank
+        # Replicated on every rank. No random init (`from_tensors` assigns every weight): normal_ on the
+        # meta device imports torch's reference ops (as RotaryEmbedding says).
+        self.vocab_embedding = nn.Embedding(cfg.vocab_size, cfg.hidden_size,
+                                            _weight=torch.empty(cfg.vocab_size, cfg.hidden_size))
         self.layers = nn.ModuleList(DecoderLayer(shard_cfg) for _ in range(cfg.num_hidden_layers))
         self.ln_f = RMSNorm(cfg.hidden_size)
 

@@ -3,7 +3,7 @@
 Started by fathom.runtime.tp_launch (spawn start method). The worker reads only its own rank file,
 then waits on its pipe: "cache" opens its paged cache (its own KV heads, the blocks all ranks
 agree on), "step" replays rank 0's slot-table edits, receives the step's integers by broadcast and
-runs the same `ModelRunner.run` on its shard, "usage" reports what it loaded and its peak RSS,
+runs the same `ModelRunner.run` on its shard, "usage" reports what it loaded, its RSS before loading and its peak RSS since,
 "close" leaves the group. When rank 0 is gone (end of file on the pipe, or a broken collective)
 the worker exits.
 """
@@ -15,7 +15,7 @@ import traceback
 
 import torch
 
-from .host_usage import host_peak_rss_bytes
+from .host_usage import host_rss_bytes, reset_peak_rss, rss_high_water_bytes
 from .tensor_parallel import TensorParallel
 
 
@@ -42,7 +42,8 @@ def serve_rank(spec, rank: int, conn) -> None:
     device = spec.device(rank)
     if spec.device_type == "cuda":
         torch.cuda.set_device(device)
-    rss_before_load = host_peak_rss_bytes()
+    reset_peak_rss()
+    rss_before_load = host_rss_bytes()
     tp = TensorParallel(rank, spec.size)
     model, weights_bytes = load_rank_model(spec.checkpoint, tp, spec.dtype, device, spec.max_seq_len)
     conn.send(("loaded", rank))
@@ -64,7 +65,7 @@ def serve_rank(spec, rank: int, conn) -> None:
                 runner = ModelRunner(model, cache, config.max_num_seqs, max_seq_len, cuda_graphs=False)
             elif kind == "usage":
                 conn.send({"rank": rank, "device": device, "weights_bytes": weights_bytes,
-                           "rss_before_load_bytes": rss_before_load, "peak_rss_bytes": host_peak_rss_bytes()})
+                           "rss_before_load_bytes": rss_before_load, "peak_rss_bytes": rss_high_water_bytes()})
             elif kind == "close":
                 return
     finally:
