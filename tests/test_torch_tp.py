@@ -129,11 +129,18 @@ def test_duplicated_kv_heads_padded_vocab_and_a_dead_worker(tmp_path_factory):
     assert not dist.is_initialized()
 
 
-@pytest.mark.parametrize("precision", [WeightFormat.FP8, WeightFormat.W8A16])
-def test_quantized_checkpoints(tmp_path_factory, precision):
-    """FP8 (per-tensor scales, replicated) and W8A16 (each rank quantizes its own shard, as
-    TensorRT-LLM does, so one process uses the same per-rank scales)."""
-    ckpt = checkpoint(tmp_path_factory, f"q-{precision.value}", preset("tiny"), precision=precision)
+# Every linear's input width on a rank a multiple of AWQ's group size (128).
+AWQ_SIZED = ModelConfig(vocab_size=256, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                        torch_dtype="float32", source="test:awq")
+
+
+@pytest.mark.parametrize("precision, cfg", [(WeightFormat.FP8, preset("tiny")), (WeightFormat.W8A16, preset("tiny")),
+                                            (WeightFormat.W4A16_AWQ, AWQ_SIZED)])
+def test_quantized_checkpoints(tmp_path_factory, precision, cfg):
+    """FP8 (per-tensor scales, replicated), W8A16 (each rank quantizes its own shard, as TensorRT-LLM
+    does, so one process uses the same per-rank scales), W4A16-AWQ (each rank's packed int4 shard)."""
+    ckpt = checkpoint(tmp_path_factory, f"q-{precision.value}", cfg, precision=precision)
     _, tp = assert_same_run(ckpt, atol=1e-5)
     tp.close()
 
