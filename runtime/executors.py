@@ -44,22 +44,36 @@ def set_cpu_threads(threads: int | None, source: ModelSource, dtype: str) -> int
 
 def create_executor(name: str, source: ModelSource, dtype: str = "float32", device: str | None = None,
                     max_seq_len: int = DEFAULT_MAX_SEQ_LEN, eos_ids: list[int] | None = None, threads: int | None = None,
-                    **torch_options):
+                    tp: int = 1, **torch_options):
     """Open `name` on `source`. `auto` picks trtllm for an engine directory and torch otherwise.
 
-    `threads`: CPU intra-op threads (None = auto, see set_cpu_threads).
+    `threads`: CPU intra-op threads (None = auto, see set_cpu_threads); per rank with `tp`.
+    `tp`: tensor-parallel ranks of the torch executor, for a checkpoint converted with that `--tp`
+    (fathom.runtime.tp_launch; this process is rank 0). Close the executor to end the other ranks.
     `torch_options` go to the torch executor (see torch_executor.executor_config: max_num_tokens,
     max_num_seqs, block_size, kv_format, kv_scales, prefix_reuse, gpu_memory_fraction, ...).
     """
     name = resolve_executor_name(name, source)
+    if tp < 1:
+        raise FathomError(f"--tp {tp}: expected >= 1")
+    if tp > 1 and name != "torch":
+        raise FathomError(f"--tp {tp}: tensor parallelism is a torch executor option, not --executor {name} "
+                          "(a TensorRT-LLM engine carries its own mapping)")
     if name == "trtllm":
         from .trtllm_executor import TrtllmExecutor
 
         return TrtllmExecutor(source.path, source.config, eos_ids=eos_ids, max_seq_len=max_seq_len)
     from .loader import default_device, load_model
 
-    if (device or default_device()).startswith("cpu"):
-        set_cpu_threads(threads, source, dtype)
+    device = device or default_device()
+    if device.startswith("cpu"):
+        threads = set_cpu_threads(threads, source, dtype)
+    if tp > 1:
+        from .torch_executor import executor_config
+        from .tp_launch import open_tensor_parallel
+
+        return open_tensor_parallel(source, tp, dtype, device, max_seq_len, eos_ids, threads or 1,
+                                    executor_config(**torch_options))
     model = load_model(source, dtype=dtype, device=device, max_seq_len=max_seq_len)
     if name == "reference":
         from .reference import ReferenceExecutor

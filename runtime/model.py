@@ -14,6 +14,10 @@ path). It reads `ModelWeights`, looked up once: norm weights, and each linear as
 makes dozens per token) or a quantized module's forward (fathom.runtime.quant_linear). Inference
 only: RoPE is applied in place, so run it under torch.inference_mode() or torch.no_grad().
 
+Tensor parallelism is explicit state too (`tp`, fathom.runtime.tensor_parallel): a rank's model
+holds its shard of every layer (`shard_cfg`: its heads and MLP width), `decoder_layer` all-reduces
+after attention and after the MLP, and lm_head's vocabulary pieces are gathered on rank 0.
+
 Quantization is explicit state, fixed when the model is built: quantized linears are modules of
 their own (`from_tensors(modules=...)`), the checkpoint's KV cache format and scales are `kv_quant`
 (the executors hand it to the object that stores K/V), `quant_info` describes the kernels in use.
@@ -29,6 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fathom.build.config import DEFAULT_MAX_SEQ_LEN, ModelConfig
+
+from .tensor_parallel import SINGLE, TensorParallel
 
 if TYPE_CHECKING:
     from fathom.build.quant.kv_cache import KVAmax, KVCacheQuant
@@ -105,8 +111,10 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, head_dim: int, theta: float, max_positions: int):
         super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
-        freqs = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq)  # (S, D/2)
+        # On the CPU even inside a meta-device model (`from_tensors` builds it again on its device):
+        # on meta, `theta ** tensor` imports torch's reference ops (~800 modules, ~75 MB of RSS).
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float() / head_dim))
+        freqs = torch.outer(torch.arange(max_positions, dtype=torch.float32, device="cpu"), inv_freq)  # (S, D/2)
         emb = torch.cat((freqs, freqs), dim=-1)  # (S, D)
         sin_signed = torch.cat((-freqs.sin(), freqs.sin()), dim=-1)  # (S, D)
         # cos and sin side by side: one index_select fetches both.
@@ -154,10 +162,13 @@ class DecoderLayer(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, shard_cfg: ModelConfig):
         super().__init__()
-        self.vocab_embedding = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        # Replicated on every rank. No random init (`from_tensors` assigns every weight): normal_ on the
+        # meta device imports torch's reference ops (as RotaryEmbedding says).
+        self.vocab_embedding = nn.Embedding(cfg.vocab_size, cfg.hidden_size,
+                                            _weight=torch.empty(cfg.vocab_size, cfg.hidden_size))
+        self.layers = nn.ModuleList(DecoderLayer(shard_cfg) for _ in range(cfg.num_hidden_layers))
         self.ln_f = RMSNorm(cfg.hidden_size)
 
 
@@ -194,8 +205,9 @@ def _observed(linear: Linear, name: str, observer: LinearObserver) -> Linear:
 
 
 def decoder_layer(cfg: ModelConfig, w: LayerWeights, layer: int, x: torch.Tensor, cos: torch.Tensor,
-                  sin: torch.Tensor, attn: Attention, eps: torch.Tensor) -> torch.Tensor:
-    """One decoder layer on x (*tokens, H), cos/sin (*tokens, 1, D) -> (*tokens, H)."""
+                  sin: torch.Tensor, attn: Attention, eps: torch.Tensor, tp: TensorParallel = SINGLE) -> torch.Tensor:
+    """One decoder layer on x (*tokens, H), cos/sin (*tokens, 1, D) -> (*tokens, H). `cfg` is the
+    rank's shard config (its heads, its MLP width); the row-parallel outputs are summed over `tp`."""
     tokens = x.shape[:-1]
     Hq, Hkv, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
     qkv = w.qkv(rms_norm(x, w.input_norm, eps))  # (*tokens, q + 2 kv)
@@ -203,25 +215,28 @@ def decoder_layer(cfg: ModelConfig, w: LayerWeights, layer: int, x: torch.Tensor
     apply_rope(qk, cos, sin, out=qk)  # RoPE on q and k heads together, in place: K lands next to V
     q = qkv[..., :cfg.q_size].view(*tokens, Hq, D)
     kv = qkv[..., cfg.q_size:].view(*tokens, 2, Hkv, D)
-    x = x + w.dense(attn.attend(layer, q, kv).flatten(-2))
+    x = x + tp.all_reduce(w.dense(attn.attend(layer, q, kv).flatten(-2)))
     h = rms_norm(x, w.post_norm, eps)
-    return x + w.proj(F.silu(w.fc(h)) * w.gate(h))
+    return x + tp.all_reduce(w.proj(F.silu(w.fc(h)) * w.gate(h)))
 
 
 class Qwen2Model(nn.Module):
     def __init__(self, cfg: ModelConfig, max_seq_len: int = DEFAULT_MAX_SEQ_LEN, kv_quant: KVCacheQuant | None = None,
-                 quant_info: dict | None = None):
+                 quant_info: dict | None = None, tp: TensorParallel = SINGLE):
         """`kv_quant`: the checkpoint's KV cache format and per-layer scales (None: the model dtype).
-        `quant_info`: what runs where for a quantized checkpoint (fathom.runtime.quant_linear.describe_quantization)."""
+        `quant_info`: what runs where for a quantized checkpoint (fathom.runtime.quant_linear.describe_quantization).
+        `tp`: this rank of a tensor-parallel group; the model holds the rank's shard (`shard_cfg`)."""
         super().__init__()
         if kv_quant is not None:
             kv_quant.check_layers(cfg.num_hidden_layers)
         self.cfg = cfg
+        self.tp = tp
+        self.shard_cfg = tp.shard_config(cfg)
         self.max_seq_len = max_seq_len
         self.kv_quant = kv_quant
         self.quant_info = quant_info
-        self.transformer = Transformer(cfg)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.transformer = Transformer(cfg, self.shard_cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, tp.vocab_rows(cfg), bias=False)
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.rope_theta, max_seq_len)
 
     def weights(self, observer: LinearObserver | None = None) -> ModelWeights:
@@ -250,7 +265,7 @@ class Qwen2Model(nn.Module):
         x = F.embedding(input_ids, w.embedding)  # (*tokens, H)
         cos, sin = self.rope.table(positions, x.dtype)  # (*tokens, 1, D) each
         for i, layer in enumerate(w.layers):
-            x = decoder_layer(self.cfg, layer, i, x, cos, sin, attn, w.eps)
+            x = decoder_layer(self.shard_cfg, layer, i, x, cos, sin, attn, w.eps, self.tp)
         return x
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn: Attention,
@@ -266,20 +281,27 @@ class Qwen2Model(nn.Module):
         if logits_index is not None:
             index = logits_index if logits_index.dim() == 2 else logits_index[:, None]  # (B, K)
             x = x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))  # (B, K, H)
-        return w.lm_head(rms_norm(x, w.final_norm, w.eps)).float()
+        return self._logits(x, w)
 
     def forward_packed(self, input_ids: torch.Tensor, positions: torch.Tensor, attn: Attention,
                        logits_index: torch.Tensor | None = None, weights: ModelWeights | None = None) -> torch.Tensor:
         """input_ids/positions (N,) -> logits (N, V), or (K, V) at `logits_index` (K,), float32.
 
         The continuous-batching executor's hot path: one packed row of tokens from many sequences,
-        2-D activations and token-major attention; the same computation as `forward`.
+        2-D activations and token-major attention; the same computation as `forward`. With tensor
+        parallelism every rank runs it on the same inputs and only rank 0 gets logits (others: None).
         """
         w = self.weights() if weights is None else weights
         x = self._hidden(input_ids, positions, attn, w)  # (N, H)
         if logits_index is not None:
             x = x.index_select(0, logits_index)  # (K, H)
-        return w.lm_head(rms_norm(x, w.final_norm, w.eps)).float()
+        return self._logits(x, w)
+
+    def _logits(self, x: torch.Tensor, w: ModelWeights) -> torch.Tensor | None:
+        """Float32 logits of hidden states x (*, H); across tensor-parallel ranks, gathered on rank 0
+        (the other ranks get None)."""
+        logits = self.tp.gather_vocab(w.lm_head(rms_norm(x, w.final_norm, w.eps)), self.cfg.vocab_size)
+        return None if logits is None else logits.float()
 
     @property
     def dtype(self) -> torch.dtype:
@@ -293,8 +315,9 @@ class Qwen2Model(nn.Module):
     def from_tensors(cls, cfg: ModelConfig, tensors: dict[str, torch.Tensor], dtype: torch.dtype,
                      device: str | torch.device = "cpu", max_seq_len: int = DEFAULT_MAX_SEQ_LEN,
                      modules: dict[str, nn.Module] | None = None, kv_quant: KVCacheQuant | None = None,
-                     quant_info: dict | None = None) -> "Qwen2Model":
-        """Build from native (TRT-LLM named, unsharded) tensors without a second copy in memory.
+                     quant_info: dict | None = None, tp: TensorParallel = SINGLE) -> "Qwen2Model":
+        """Build from native (TRT-LLM named) tensors without a second copy in memory: unsharded, or
+        with `tp`, the tensors of that rank's file of a tp-sized checkpoint.
 
         `modules`: submodule name -> a ready module that replaces it (quantized linears,
         fathom.runtime.quant_linear); its tensors are its own, not in `tensors`.
@@ -302,7 +325,7 @@ class Qwen2Model(nn.Module):
         """
         max_seq_len = min(max_seq_len, cfg.max_position_embeddings) if max_seq_len else cfg.max_position_embeddings
         with torch.device("meta"):
-            model = cls(cfg, max_seq_len=max_seq_len, kv_quant=kv_quant, quant_info=quant_info)
+            model = cls(cfg, max_seq_len=max_seq_len, kv_quant=kv_quant, quant_info=quant_info, tp=tp)
         state = {k: v.to(device=device, dtype=dtype) if v.is_floating_point() and v.dtype.itemsize > 1 else v.to(device)
                  for k, v in tensors.items()}
         for name, module in (modules or {}).items():

@@ -4,10 +4,15 @@ The step's tokens form one packed row for `Qwen2Model.forward_packed`: one decod
 decoding sequence first, then the prefill chunks. Their ids, positions, cache slots and slot-table
 rows reach the device in one host->device copy, `PagedAttention` is planned once for every layer,
 and logits come back only for positions that sample (each decode, each chunk that ends its
-prompt). On CUDA, decode-only steps replay a CUDA graph instead (fathom.runtime.cuda_graphs).
+prompt). On CUDA, decode-only steps replay a CUDA graph instead (fathom.runtime.cuda_graphs; one
+process only). Tensor parallel: rank 0 packs the step, hands its `StepPlan` and integers to the
+other ranks, and every rank runs the same `run` on its shard.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -19,17 +24,37 @@ from .paged_kv import PagedAttention, PagedKVCache
 from .sampling import make_generator, sample
 from .scheduler import Chunk, Sequence
 
+if TYPE_CHECKING:
+    from .tp_launch import TPWorkers
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """The shape of one packed step: what every rank needs besides the step's integers
+    (ids, positions, decode slots, decode rows, sampled positions: `ModelRunner.forward`)."""
+
+    num_tokens: int  # N, decodes first
+    num_decodes: int  # n
+    chunks: tuple[tuple[int, int, int, int], ...]  # (first token, count, slot-table row, start position)
+    decode_len: int  # longest decode context after this step (0: no decodes)
+    ragged: bool  # decode contexts differ in length, so attention needs a mask
+    data_len: int  # integers in the step's data tensor
+
 
 class ModelRunner:
+    """`workers`: the other ranks of a tensor-parallel group (fathom.runtime.tp_launch.TPWorkers),
+    handed each step's plan and data before this rank runs its shard."""
+
     def __init__(self, model: Qwen2Model, cache: PagedKVCache, max_num_seqs: int, max_seq_len: int,
-                 cuda_graphs: bool):
+                 cuda_graphs: bool, workers: TPWorkers | None = None):
         self.model, self.cache, self.device = model, cache, model.device
+        self.workers = workers
         self.attn = PagedAttention(cache)
         if self.device.type == "cpu":
             column_major_linears(model)
         self.weights = model.weights()
         self.graphs = None
-        if self.device.type == "cuda" and cuda_graphs:
+        if self.device.type == "cuda" and cuda_graphs and model.tp.size == 1:
             self.graphs = CudaGraphDecoder(self.run_model, self.attn, max_num_seqs, max_seq_len, self.device)
 
     def forward(self, decodes: list[Sequence], chunks: list[Chunk]) -> torch.Tensor:
@@ -54,19 +79,33 @@ class ModelRunner:
                 positions.extend(range(start, start + count))
                 if start + count == len(s.tokens):
                     index.append(len(ids) - 1)
-        N = len(ids)
+        max_len = max(positions[:n]) + 1 if n else 0
+        ragged = bool(n) and min(positions[:n]) + 1 != max_len
+        data = ids + positions + slots + rows + index
+        step = StepPlan(len(ids), n, tuple(plan), max_len, ragged, len(data))
         # One host->device copy for all of this step's integers.
-        data = torch.tensor(ids + positions + slots + rows + index, dtype=torch.int64, device=self.device)
+        return self.run(step, torch.tensor(data, dtype=torch.int64, device=self.device))
+
+    def run(self, step: StepPlan, data: torch.Tensor) -> torch.Tensor | None:
+        """Plan attention and run the model on one step (every rank of a tensor-parallel group runs
+        this on the same `step` and `data`; rank 0 hands them to the others first)."""
+        if self.workers is not None:
+            self.workers.send_step(step, self.cache.take_edits(), data)
+        N, n = step.num_tokens, step.num_decodes
         ids_t, pos_t = data[:N], data[N:2 * N]
         slots_t, rows_t, index_t = data[2 * N:2 * N + n], data[2 * N + n:2 * N + 2 * n], data[2 * N + 2 * n:]
-        if chunks:
+        if step.chunks:
             slots_t = torch.cat([slots_t] + [self.cache.slot_table[row, start:start + count]
-                                             for _, count, row, start in plan])
-        self.attn.plan_step(slots_t, plan)
+                                             for _, count, row, start in step.chunks])
+        self.attn.plan_step(slots_t, list(step.chunks))
         if n:
-            max_len = max(positions[:n]) + 1
-            self.attn.plan_decode(rows_t, None if min(positions[:n]) + 1 == max_len else pos_t[:n] + 1, max_len)
-        return self.run_model(ids_t, pos_t, index_t if chunks else None)
+            self.attn.plan_decode(rows_t, pos_t[:n] + 1 if step.ragged else None, step.decode_len)
+        if self.workers is None:
+            return self.run_model(ids_t, pos_t, index_t if step.chunks else None)
+        try:
+            return self.run_model(ids_t, pos_t, index_t if step.chunks else None)
+        except RuntimeError as e:  # a collective with a rank that is gone
+            raise self.workers.failure(e) from None
 
     def run_model(self, ids: torch.Tensor, positions: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
         """(N,) ids/positions -> logits (N, V), or (K, V) at `index`."""

@@ -27,6 +27,9 @@ Why it is laid out this way:
 - Capacity: CUDA gets `gpu_memory_fraction` of the memory free after the weights are loaded, minus
   a workspace estimate for one step; the CPU gets a fixed `cpu_budget_bytes`. Either is capped at
   what max_seqs sequences of max_seq_len tokens can ever use.
+- Tensor parallelism: every rank holds a cache of its own KV heads with the same blocks and slot
+  table. Only rank 0 allocates; with `edits` set to a list, `set_block` and `clear_row` also
+  record themselves there, and the other ranks replay them (`replay`) before each step.
 - Prefix reuse: a full block is keyed by blake2b(parent key, its token ids), so equal keys mean
   equal whole prefixes. Blocks are ref-counted; one whose count drops to zero stays cached and is
   evicted least-recently-released first, only when no never-used block is left.
@@ -199,6 +202,7 @@ class PagedKVCache:
         self.slot_table = torch.zeros((max_seqs, width), dtype=torch.int64, device=device)
         self.allocator = BlockAllocator(num_blocks)
         self.bytes_per_token = cfg.kv_bytes_per_token(self.storage.itemsize)
+        self.edits: list[tuple[int, int, int]] | None = None  # (row, index, block); index -1: clear `block` blocks
 
     @property
     def capacity_tokens(self) -> int:
@@ -212,9 +216,26 @@ class PagedKVCache:
             self.kv[:, start:start + bs].zero_()
             self._zeroed[block] = 1
         self.slot_table[row, index * bs:(index + 1) * bs] = torch.arange(start, start + bs, device=self.slot_table.device)
+        if self.edits is not None:
+            self.edits.append((row, index, block))
 
     def clear_row(self, row: int, num_blocks: int) -> None:
         self.slot_table[row, :num_blocks * self.block_size] = NULL_BLOCK
+        if self.edits is not None:
+            self.edits.append((row, -1, num_blocks))
+
+    def take_edits(self) -> list[tuple[int, int, int]]:
+        """The recorded slot-table edits since the last call, oldest first."""
+        edits, self.edits = self.edits, []
+        return edits
+
+    def replay(self, edits: list[tuple[int, int, int]]) -> None:
+        """Apply another rank's recorded edits (`take_edits`) to this cache."""
+        for row, index, block in edits:
+            if index < 0:
+                self.clear_row(row, block)
+            else:
+                self.set_block(row, index, block)
 
     # ---- storage ---------------------------------------------------------------------
     def write(self, layer: int, slots: torch.Tensor, kv: torch.Tensor) -> None:

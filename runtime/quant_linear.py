@@ -34,6 +34,8 @@ from fathom.build.quant.fp8 import dequantize_fp8, quantize_fp8
 from fathom.build.quant.int8 import dequantize_per_channel_int8, quantize_per_channel_int8
 from fathom.build.quant.kv_cache import KVCacheQuant
 
+from .tensor_parallel import SINGLE, TensorParallel
+
 DEQUANT = "dequantize"
 
 
@@ -190,9 +192,10 @@ def build_quant_linears(cfg: ModelConfig, tensors: dict[str, torch.Tensor], qcfg
 
 
 def load_quantized_model(cfg: ModelConfig, tensors: dict[str, torch.Tensor], qcfg: QuantConfig,
-                         dtype: torch.dtype, device, max_seq_len: int, tp: int = 1):
+                         dtype: torch.dtype, device, max_seq_len: int, tp: int = 1, parallel: TensorParallel = SINGLE):
     """Qwen2Model with quantized linears and its KV cache format from TRT-LLM-named checkpoint
-    tensors merged from a checkpoint of tensor parallelism `tp`."""
+    tensors merged from a checkpoint of tensor parallelism `tp`, or with `parallel`, the tensors of
+    that rank's file (`tp` 1: TensorRT-LLM quantizes each rank file's shard as a whole)."""
     from .model import Qwen2Model
 
     tensors = dict(tensors)
@@ -205,7 +208,7 @@ def load_quantized_model(cfg: ModelConfig, tensors: dict[str, torch.Tensor], qcf
                                 torch.cat(scales).to(device))
     info = describe_quantization(cfg, modules, qcfg, dtype)
     return Qwen2Model.from_tensors(cfg, tensors, dtype, device, max_seq_len, modules=modules, kv_quant=kv_quant,
-                                   quant_info=info)
+                                   quant_info=info, tp=parallel)
 
 
 def describe_quantization(cfg: ModelConfig, modules: dict[str, QuantLinear], qcfg: QuantConfig,

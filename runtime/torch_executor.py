@@ -13,11 +13,14 @@ fathom.runtime.paged_kv (pools, slot table, paged attention). This module valida
 sampled tokens (with their log-probs, for requests that ask) into events and describes the whole.
 
 CPU: eager, nothing else. CUDA: the same code, plus decode-only steps replayed from CUDA graphs.
+Tensor parallel (`--tp N`, fathom.runtime.tp_launch): this object is rank 0; it keeps the
+scheduler, sampling and the interface, and its runner hands every step to the other ranks.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -31,6 +34,9 @@ from .model_runner import ModelRunner, step_workspace_bytes
 from .paged_kv import KVCacheConfig, PagedKVCache, plan_num_blocks
 from .sampling import token_logprobs
 from .scheduler import Scheduler, Sequence
+
+if TYPE_CHECKING:
+    from .tp_launch import TPWorkers
 
 
 @dataclass(frozen=True)
@@ -52,23 +58,23 @@ class TorchExecutor:
     name = "torch"
 
     def __init__(self, model: Qwen2Model, eos_ids: list[int] | None = None, max_seq_len: int | None = None,
-                 config: TorchExecutorConfig = TorchExecutorConfig()):
+                 config: TorchExecutorConfig = TorchExecutorConfig(), workers: TPWorkers | None = None):
+        """`workers`: with a tensor-parallel `model` (rank 0's shard), the other ranks
+        (fathom.runtime.tp_launch); this executor drives them and `close` shuts them down."""
         self.model, self.config, self.opts = model, model.cfg, config
         self.eos_ids = list(eos_ids if eos_ids is not None else model.cfg.eos_token_ids)
         self.max_seq_len = min(max_seq_len or model.max_seq_len, model.max_seq_len)
         self.device = model.device
-        cfg, kv = model.cfg, config.kv
-        kv_quant = kv.kv_quant(model.kv_quant, self.device)
-        kv_format = kv_quant.format if kv_quant is not None else KvCacheFormat.MODEL
-        per_token = cfg.kv_bytes_per_token(kv_format.bytes_per_element(dtype_word(model.dtype)))
-        workspace = step_workspace_bytes(cfg, model.dtype, config.max_num_tokens, config.max_num_seqs, self.max_seq_len)
-        num_blocks = plan_num_blocks(cfg, kv, self.device, per_token, workspace, config.max_num_seqs * self.max_seq_len)
-        # One spare slot-table row stays all-null: padded CUDA-graph rows point there.
-        self.cache = PagedKVCache(cfg, kv.block_size, num_blocks, model.dtype, self.device, config.max_num_seqs + 1,
-                                  self.max_seq_len, kv_quant=kv_quant)
-        self.blocks = BlockManager(self.cache, config.max_num_seqs, kv.prefix_reuse)
+        self.workers = workers
+        if workers is not None:
+            workers.open_cache(config, self.max_seq_len)
+        self.cache = open_cache(model, config, self.max_seq_len)
+        if workers is not None:
+            self.cache.edits = []  # replayed by the other ranks
+        self.blocks = BlockManager(self.cache, config.max_num_seqs, config.kv.prefix_reuse)
         self.scheduler = Scheduler(self.blocks, config.max_num_tokens)
-        self.runner = ModelRunner(model, self.cache, config.max_num_seqs, self.max_seq_len, config.cuda_graphs)
+        self.runner = ModelRunner(model, self.cache, config.max_num_seqs, self.max_seq_len, config.cuda_graphs,
+                                  workers)
         self.cancelled: set[str] = set()
         self.known: set[str] = set()
 
@@ -119,6 +125,8 @@ class TorchExecutor:
                 "cuda_graphs": sorted(graphs.graphs) if graphs is not None else None,
                 "torch_compile": False, "threads": torch.get_num_threads(), **describe_model_precision(self.model),
                 "kv_cache_format": self.cache.kv_format.value}  # the cache built, which --kv-cache may override
+        if self.workers is not None:
+            info["tensor_parallel"] = self.workers.describe()
         if self.device.type == "cuda":
             b = torch.backends.cuda
             info["sdpa_kernels_enabled"] = [name for name, on in (("flash", b.flash_sdp_enabled()),
@@ -153,6 +161,11 @@ class TorchExecutor:
         self.scheduler.register_computed_blocks()
         return events
 
+    def close(self) -> None:
+        """Shut the other tensor-parallel ranks down (nothing to do in one process)."""
+        if self.workers is not None:
+            self.workers.close()
+
     def _drop_cancelled(self, events: list[TokenEvent]) -> None:
         t = now()
         for s in [s for s in (*self.scheduler.waiting, *self.scheduler.running) if s.id in self.cancelled]:
@@ -160,6 +173,21 @@ class TorchExecutor:
             self.known.discard(s.id)
             events.append(TokenEvent(s.id, None, t, "cancelled"))
         self.cancelled.clear()
+
+
+def open_cache(model: Qwen2Model, config: TorchExecutorConfig, max_seq_len: int) -> PagedKVCache:
+    """The paged cache of the model's KV heads (a tensor-parallel rank: its own), sized from memory;
+    across tensor-parallel ranks every rank calls it, and all get the blocks the tightest one holds."""
+    cfg, kv, device = model.shard_cfg, config.kv, model.device
+    kv_quant = kv.kv_quant(model.kv_quant, device)
+    kv_format = kv_quant.format if kv_quant is not None else KvCacheFormat.MODEL
+    per_token = cfg.kv_bytes_per_token(kv_format.bytes_per_element(dtype_word(model.dtype)))
+    workspace = step_workspace_bytes(cfg, model.dtype, config.max_num_tokens, config.max_num_seqs, max_seq_len)
+    num_blocks = plan_num_blocks(cfg, kv, device, per_token, workspace, config.max_num_seqs * max_seq_len)
+    num_blocks = model.tp.min_int(num_blocks, device)
+    # One spare slot-table row stays all-null: padded CUDA-graph rows point there.
+    return PagedKVCache(cfg, kv.block_size, num_blocks, model.dtype, device, config.max_num_seqs + 1, max_seq_len,
+                        kv_quant=kv_quant)
 
 
 def executor_config(max_num_tokens: int | None = None, max_num_seqs: int | None = None,

@@ -36,7 +36,7 @@ def served_name(model: str) -> str:
               help="Seconds running requests get to finish after SIGTERM before they end with finish_reason 'abort'.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
               show_default=True)
-def serve_cmd(model, executor, dtype, device, tokenizer, threads, max_seq_len, hostfile, host, port, api_key,
+def serve_cmd(model, executor, dtype, device, tokenizer, threads, max_seq_len, hostfile, tp, host, port, api_key,
               served_model_name, max_num_seqs, max_queue, max_tokens_cap, max_body_bytes, grace_s, log_level):
     """Serve MODEL over an OpenAI-compatible HTTP API (vLLM / trtllm-serve style).
 
@@ -53,7 +53,7 @@ def serve_cmd(model, executor, dtype, device, tokenizer, threads, max_seq_len, h
     from fathom.runtime.serve.runner import serve
     from fathom.runtime.nvml_devices import open_visible_gpus
 
-    source, ex, tok = open_runtime(model, executor, dtype, device, tokenizer, max_seq_len, threads, hostfile,
+    source, ex, tok = open_runtime(model, executor, dtype, device, tokenizer, max_seq_len, threads, hostfile=hostfile, tp=tp,
                                    max_num_seqs=max_num_seqs, prefix_reuse=True)
     engine = EngineLoop(ex)
     config = ServerConfig(served_model_name or served_name(model), max_seq_len, api_key, max_queue,
