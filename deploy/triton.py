@@ -259,9 +259,12 @@ def model_configs(d: TritonDeployment) -> dict[str, dict]:
 
 def export_triton(engine_dir: str | Path, out: str | Path, options: TritonExportOptions) -> Path:
     """Write the model repository OUT for `engine_dir`: all of it, or nothing (atomic_output_dir)."""
+    from fathom.engine.trtllm import SUPPORTED_TRTLLM_VERSION
+
     d = plan_triton(engine_dir, options)
     header = (f"Written by fathom export triton for {d.engine_dir}\n"
-              f"Template: NVIDIA/TensorRT-LLM triton_backend/all_models/inflight_batcher_llm (tensorrt-llm 1.2.1)")
+              f"Template: NVIDIA/TensorRT-LLM triton_backend/all_models/inflight_batcher_llm "
+              f"(tensorrt-llm {SUPPORTED_TRTLLM_VERSION})")
     with atomic_output_dir(out, force=options.force) as tmp:
         for name, config in model_configs(d).items():
             (tmp / name / "1").mkdir(parents=True)
@@ -269,6 +272,7 @@ def export_triton(engine_dir: str | Path, out: str | Path, options: TritonExport
         for name in PYTHON_MODELS:
             os.symlink(f"{CONTAINER_MODELS_DIR}/{name}/1/model.py", tmp / name / "1" / "model.py")
         script = tmp / "launch.sh"
-        script.write_text(launch_script(d.model_name, d.ranks, ENGINE_MODEL, PYTHON_MODELS, CONTAINER_MODELS_DIR))
+        script.write_text(launch_script(d.model_name, d.ranks, ENGINE_MODEL, PYTHON_MODELS, CONTAINER_MODELS_DIR,
+                                        SUPPORTED_TRTLLM_VERSION))
         script.chmod(0o755)
     return Path(out).absolute()
