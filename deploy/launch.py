@@ -9,18 +9,17 @@ Without mpirun on PATH the command is refused with the exact line to run.
     single node:  mpirun -n 2 fathom generate ./engine-tp2 -p "..."   (or let fathom start it)
     multi-node:   fathom serve ./engine-tp4 --hostfile hosts          (mpirun -n 4 --hostfile hosts ...)
 
-Whether a launcher started this process is read from the variables launchers set, before any MPI
-library is initialised. tensorrt_llm/llmapi/trtllm-llmapi-launch (NVIDIA/TensorRT-LLM; docs/REFERENCE.md,
-"Deployment sources", names the copies read) takes the rank from SLURM_PROCID, OMPI_COMM_WORLD_RANK,
-PMI_RANK or PMI_ID; fathom reads those and PMIX_RANK, which PMIx launchers (prterun, Open MPI 5's
-mpirun, srun --mpi=pmix) set. SLURM_PROCID alone does not count: an sbatch script is the job's batch
-step and has it (0) too, while every task srun starts also has SLURM_STEP_ID, so Slurm counts when
-both are set; in a batch script the command re-runs under mpirun like anywhere else.
-Deciding before `import tensorrt_llm` matters: tensorrt_llm/_utils.py imports mpi4py, which
-initialises MPI (a one-process "singleton" world) at import, and a process that has initialised MPI
-must not start mpirun with its MPI environment (trtllm-llmapi-launch strips OMPI_/PMIX_/PMI_/SLURM_...
-before it starts a child for that reason). Under a launcher, the executor then checks the MPI world
-against the engine's ranks (trtllm_settings.checked_mpi_rank).
+Whether a launcher started this process is read from the variables launchers set, before any MPI library
+is initialised. NVIDIA/TensorRT-LLM tensorrt_llm/llmapi/trtllm-llmapi-launch (1.2 line) takes the rank
+from SLURM_PROCID, OMPI_COMM_WORLD_RANK, PMI_RANK or PMI_ID; fathom reads those and PMIX_RANK, which
+PMIx launchers (prterun, Open MPI 5's mpirun, srun --mpi=pmix) set. SLURM_PROCID alone does not count:
+an sbatch script is the job's batch step and has it (0) too, while every task srun starts also has
+SLURM_STEP_ID, so Slurm counts when both are set; in a batch script the command re-runs under mpirun
+like anywhere else. Deciding before `import tensorrt_llm` matters: tensorrt_llm/_utils.py imports
+mpi4py, which initialises MPI (a one-process "singleton" world) at import, and a process that has
+initialised MPI must not start mpirun with its MPI environment (trtllm-llmapi-launch strips
+OMPI_/PMIX_/PMI_/SLURM_... before it starts a child for that reason). Under a launcher, the executor
+then checks the MPI world against the engine's ranks (trtllm_settings.checked_mpi_rank).
 
 The re-run command carries FATHOM_MPI_RELAUNCHED=1. A process that has it and sees none of the
 launcher variables was started by that mpirun under an MPI that fathom cannot read the rank of: it

@@ -1,8 +1,8 @@
 """A Triton Inference Server model repository for a fathom engine (`fathom export triton`).
 
-The layout is the tensorrtllm_backend's inflight_batcher_llm one, as tensorrt-llm 1.2.1 ships it in
-NVIDIA/TensorRT-LLM triton_backend/all_models/inflight_batcher_llm/ (triton_tensors.py names the
-copies read):
+The layout is the tensorrtllm_backend's inflight_batcher_llm one, as the pinned tensorrt-llm release
+(engine/trtllm.py SUPPORTED_TRTLLM_VERSION) ships it in NVIDIA/TensorRT-LLM
+triton_backend/all_models/inflight_batcher_llm/:
 
     OUT/preprocessing/config.pbtxt, 1/model.py   python: tokenizes text_input (container's model.py)
     OUT/tensorrt_llm/config.pbtxt, 1/            the C++ backend "tensorrtllm" running the engine
@@ -23,7 +23,7 @@ guaranteed_no_evict scheduling and no KV host offload, as fathom's own trtllm ex
 The python models are not copied: `1/model.py` is a symbolic link to the file the Triton
 TensorRT-LLM container ships under /app/all_models/inflight_batcher_llm (the backend's
 dockerfile/Dockerfile.triton.trt_llm_backend copies triton_backend/all_models there). Outside that
-container, replace each link with the same file from the TensorRT-LLM v1.2.1 source tree.
+container, replace each link with the same file from that release's source tree.
 
 tensorrt_llm_bls is not written: it exists to run a draft model for speculative decoding and
 multimodal encoders from Python, and fathom engines are decoder-only Qwen2 without draft tokens

@@ -1,11 +1,12 @@
 """launch.sh of an exported Triton model repository: the server command and the curl checks.
 
-The command is the one the backend's triton_backend/scripts/launch_triton_server.py (NVIDIA/TensorRT-LLM,
-copy at commit 0a2e2c1f; the v1.2.1 tag was not available) builds: one `tritonserver` per rank, each with its own python-backend shared-memory
-prefix; ranks other than 0 load only the tensorrt_llm model (`--model-control-mode=explicit
---load-model=tensorrt_llm`), since only rank 0 takes requests and the engine's other ranks follow it
-(leader mode). For one rank the script runs tritonserver without mpirun, as its `--no-mpi` does.
-The server flags are written once each (that script appends the port flags twice).
+The command is the one the backend's triton_backend/scripts/launch_triton_server.py
+(NVIDIA/TensorRT-LLM, 1.2 line) builds: one `tritonserver` per rank, each with its own python-backend
+shared-memory prefix; ranks other than 0 load only the tensorrt_llm model
+(`--model-control-mode=explicit --load-model=tensorrt_llm`), since only rank 0 takes requests and the
+engine's other ranks follow it (leader mode). For one rank the script runs tritonserver without mpirun,
+as its `--no-mpi` does. The server flags are written once each (that script appends the port flags
+twice).
 """
 
 from __future__ import annotations
