@@ -36,8 +36,8 @@ from pathlib import Path
 
 from fathom.build.errors import FathomError
 
-# Set in every process they start by Open MPI's mpirun, PMIx launchers, MPICH/Hydra (PMI) and Slurm's srun
-# (SLURM_PROCID with SLURM_STEP_ID: see the module docstring).
+# What Open MPI's mpirun, PMIx launchers and MPICH/Hydra (PMI) set in every process they start; a task
+# Slurm's srun starts has both SLURM_TASK_VARIABLES (see the module docstring).
 LAUNCHER_RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "PMI_ID")
 SLURM_TASK_VARIABLES = ("SLURM_PROCID", "SLURM_STEP_ID")
 RELAUNCHED_VARIABLE = "FATHOM_MPI_RELAUNCHED"
