@@ -1,8 +1,8 @@
 """A Triton Inference Server model repository for a fathom engine (`fathom export triton`).
 
-The layout is the tensorrtllm_backend's inflight_batcher_llm one, as tensorrt-llm 1.2.1 ships it in
-NVIDIA/TensorRT-LLM triton_backend/all_models/inflight_batcher_llm/ (triton_tensors.py names the
-copies read):
+The layout is the tensorrtllm_backend's inflight_batcher_llm one, as the pinned tensorrt-llm release
+(engine/trtllm.py SUPPORTED_TRTLLM_VERSION) ships it in NVIDIA/TensorRT-LLM
+triton_backend/all_models/inflight_batcher_llm/:
 
     OUT/preprocessing/config.pbtxt, 1/model.py   python: tokenizes text_input (container's model.py)
     OUT/tensorrt_llm/config.pbtxt, 1/            the C++ backend "tensorrtllm" running the engine
@@ -23,7 +23,7 @@ guaranteed_no_evict scheduling and no KV host offload, as fathom's own trtllm ex
 The python models are not copied: `1/model.py` is a symbolic link to the file the Triton
 TensorRT-LLM container ships under /app/all_models/inflight_batcher_llm (the backend's
 dockerfile/Dockerfile.triton.trt_llm_backend copies triton_backend/all_models there). Outside that
-container, replace each link with the same file from the TensorRT-LLM v1.2.1 source tree.
+container, replace each link with the same file from that release's source tree.
 
 tensorrt_llm_bls is not written: it exists to run a draft model for speculative decoding and
 multimodal encoders from Python, and fathom engines are decoder-only Qwen2 without draft tokens
@@ -259,9 +259,12 @@ def model_configs(d: TritonDeployment) -> dict[str, dict]:
 
 def export_triton(engine_dir: str | Path, out: str | Path, options: TritonExportOptions) -> Path:
     """Write the model repository OUT for `engine_dir`: all of it, or nothing (atomic_output_dir)."""
+    from fathom.engine.trtllm import SUPPORTED_TRTLLM_VERSION
+
     d = plan_triton(engine_dir, options)
     header = (f"Written by fathom export triton for {d.engine_dir}\n"
-              f"Template: NVIDIA/TensorRT-LLM triton_backend/all_models/inflight_batcher_llm (tensorrt-llm 1.2.1)")
+              f"Template: NVIDIA/TensorRT-LLM triton_backend/all_models/inflight_batcher_llm "
+              f"(tensorrt-llm {SUPPORTED_TRTLLM_VERSION})")
     with atomic_output_dir(out, force=options.force) as tmp:
         for name, config in model_configs(d).items():
             (tmp / name / "1").mkdir(parents=True)
@@ -269,6 +272,7 @@ def export_triton(engine_dir: str | Path, out: str | Path, options: TritonExport
         for name in PYTHON_MODELS:
             os.symlink(f"{CONTAINER_MODELS_DIR}/{name}/1/model.py", tmp / name / "1" / "model.py")
         script = tmp / "launch.sh"
-        script.write_text(launch_script(d.model_name, d.ranks, ENGINE_MODEL, PYTHON_MODELS, CONTAINER_MODELS_DIR))
+        script.write_text(launch_script(d.model_name, d.ranks, ENGINE_MODEL, PYTHON_MODELS, CONTAINER_MODELS_DIR,
+                                        SUPPORTED_TRTLLM_VERSION))
         script.chmod(0o755)
     return Path(out).absolute()

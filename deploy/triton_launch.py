@@ -1,11 +1,12 @@
 """launch.sh of an exported Triton model repository: the server command and the curl checks.
 
-The command is the one the backend's triton_backend/scripts/launch_triton_server.py (NVIDIA/TensorRT-LLM,
-copy at commit 0a2e2c1f; the v1.2.1 tag was not available) builds: one `tritonserver` per rank, each with its own python-backend shared-memory
-prefix; ranks other than 0 load only the tensorrt_llm model (`--model-control-mode=explicit
---load-model=tensorrt_llm`), since only rank 0 takes requests and the engine's other ranks follow it
-(leader mode). For one rank the script runs tritonserver without mpirun, as its `--no-mpi` does.
-The server flags are written once each (that script appends the port flags twice).
+The command is the one the backend's triton_backend/scripts/launch_triton_server.py
+(NVIDIA/TensorRT-LLM, 1.2 line) builds: one `tritonserver` per rank, each with its own python-backend
+shared-memory prefix; ranks other than 0 load only the tensorrt_llm model
+(`--model-control-mode=explicit --load-model=tensorrt_llm`), since only rank 0 takes requests and the
+engine's other ranks follow it (leader mode). For one rank the script runs tritonserver without mpirun,
+as its `--no-mpi` does. The server flags are written once each (that script appends the port flags
+twice).
 """
 
 from __future__ import annotations
@@ -31,14 +32,14 @@ def server_command(ranks: int, engine_model: str) -> str:
 
 
 def launch_script(model_name: str, ranks: int, engine_model: str, python_models: tuple[str, ...],
-                  container_models_dir: str) -> str:
+                  container_models_dir: str, trtllm_version: str) -> str:
     links = " ".join(f"{name}/1/model.py" for name in python_models)
     gpus = "1 GPU" if ranks == 1 else f"{ranks} GPUs (one MPI rank each)"
     request = shlex.quote('{"text_input": "What is 12+34?", "max_tokens": 64}')
     return f"""#!/usr/bin/env bash
 # Triton Inference Server for this model repository (written by fathom export triton).
 # The engine runs on {gpus}. Run this inside the Triton TensorRT-LLM container that
-# pairs with tensorrt-llm 1.2.1, with the engine and tokenizer directories mounted at the paths
+# pairs with tensorrt-llm {trtllm_version}, with the engine and tokenizer directories mounted at the paths
 # in */config.pbtxt.
 #   ./launch.sh           start the server
 #   ./launch.sh check     ask a running server: /v2/health/ready, then one generate request
@@ -57,7 +58,7 @@ serve() {{
         if [ ! -e "$REPO/$file" ]; then
             echo "launch.sh: $REPO/$file: $(readlink "$REPO/$file" || true) not found; run in the Triton" \\
                 "TensorRT-LLM container, or put triton_backend/all_models/inflight_batcher_llm/$file of" \\
-                "TensorRT-LLM v1.2.1 there (the container has it under {container_models_dir})" >&2
+                "TensorRT-LLM v{trtllm_version} there (the container has it under {container_models_dir})" >&2
             exit 1
         fi
     done

@@ -1,14 +1,11 @@
 """The tensors of the tensorrtllm_backend's inflight_batcher_llm models: names, data types, dims.
 
 Read from NVIDIA/TensorRT-LLM triton_backend/all_models/inflight_batcher_llm/*/config.pbtxt and the
-python models' 1/model.py, the folder tensorrt-llm 1.2.1 ships the backend in. The v1.2.1 tag itself
-was not available; the copies read are tensorrt_llm/config.pbtxt at commit 0c8de69a (its
-tensorrt_llm/version.py: 1.2.0rc8), preprocessing at 08dc37e3, postprocessing at 89fd9b74 and
-ensemble at 2a9abd95. The lists are complete,
-in the templates' order: the container's python models look up some of these configs by name at
-load time (preprocessing's `initialize` reads the output configs of PIXEL_VALUES and IMAGE_SIZES),
-and the C++ backend sends every output it produces, so a config that drops a tensor fails there,
-not here. The ensemble template lists kv_cache_alloc_total_blocks twice; it is listed once here.
+python models' 1/model.py (1.2 line), the folder the pinned tensorrt-llm release ships the backend in.
+The lists are complete, in the templates' order: the container's python models look up some of these
+configs by name at load time (preprocessing's `initialize` reads the output configs of PIXEL_VALUES and
+IMAGE_SIZES), and the C++ backend sends every output it produces, so a config that drops a tensor fails
+there, not here. The ensemble template lists kv_cache_alloc_total_blocks twice; it is listed once here.
 
 Data types are Triton's `TYPE_*` names without the prefix. Two depend on the engine: the logits
 type (config.json `pretrained_config.logits_dtype`) and the prompt-table type, FP16 because the

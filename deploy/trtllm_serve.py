@@ -1,12 +1,11 @@
 """`fathom export trtllm-serve`: the `trtllm-serve` command that serves a fathom engine as it was built.
 
-trtllm-serve (tensorrt_llm/commands/serve.py of NVIDIA/TensorRT-LLM; the copy read is commit
-00209af1, not the 1.2.1 tag itself, which was not available to read; every option used here is
-also in the 1.2 docs) loads a TensorRT engine directory with `--backend tensorrt` through the LLM
-API (`tensorrt_llm._tensorrt_engine.LLM`, arguments validated by `TrtLlmArgs` in
-tensorrt_llm/llmapi/llm_args.py). Everything comes from the engine's manifest (fathom-engine.json):
-its build limits as flags, its "runtime" section (the settings fathom's own trtllm executor runs
-with, runtime/trtllm_settings.py) as flags and an extra-options YAML (`--extra_llm_api_options`).
+trtllm-serve (NVIDIA/TensorRT-LLM tensorrt_llm/commands/serve.py, 1.2 line) loads a TensorRT engine
+directory with `--backend tensorrt` through the LLM API (`tensorrt_llm._tensorrt_engine.LLM`, arguments
+validated by `TrtLlmArgs` in tensorrt_llm/llmapi/llm_args.py). Everything comes from the engine's
+manifest (fathom-engine.json): its build limits as flags, its "runtime" section (the settings fathom's
+own trtllm executor runs with, runtime/trtllm_settings.py) as flags and an extra-options YAML
+(`--extra_llm_api_options`).
 
 The YAML is always written: `serve` merges it with `update_llm_args_with_extra_dict`
 (tensorrt_llm/llmapi/llm_utils.py), which builds each section it names (e.g. `kv_cache_config`) anew
@@ -15,7 +14,7 @@ blocks by default while fathom's executor does so only when the manifest says so
 
 A multi-rank engine (tp x pp = N > 1) runs as `mpirun -n N trtllm-llmapi-launch trtllm-serve ...`:
 the docs' multi-node form (docs/source/commands/trtllm-serve/trtllm-serve.rst, "Multi-node Serving
-with Slurm", with srun; copy read at commit 0434755f) under mpirun; tensorrt_llm/llmapi/trtllm-llmapi-launch runs the server on
+with Slurm", with srun) under mpirun; tensorrt_llm/llmapi/trtllm-llmapi-launch runs the server on
 rank 0 and an MPI worker on every other rank, reading the rank from OMPI_COMM_WORLD_RANK (mpirun) or
 SLURM_PROCID (srun).
 """

@@ -139,7 +139,7 @@ def _run_executor(source: ModelSource, target: BenchTarget, workload: WorkloadSp
     from .executors import create_executor
     from .trtllm_executor import exit_if_follower
 
-    launch_ranks(target.executor, source, target.hostfile)  # a multi-rank engine re-runs under mpirun
+    launch_ranks(target.executor, source, target.hostfile, tp=target.tp)  # a multi-rank engine re-runs under mpirun
     tok = None
     if workload.dataset != "random" and source.tokenizer_dir is not None:
         from .chat import load_tokenizer

@@ -228,3 +228,17 @@ def test_an_existing_out_is_kept_without_force_and_replaced_with_it(engine_dir, 
     assert [p.name for p in out.iterdir()] == ["mine.txt"]
     assert export(engine_dir, out, "--tokenizer", DEMO_DIR, "--force").exit_code == 0
     assert not (out / "mine.txt").exists() and set(read_configs(out)) == set(MODELS)
+
+
+def test_the_tensorrt_llm_version_written_is_the_one_fathom_pins(engine_dir, tmp_path, monkeypatch):
+    import fathom.engine.trtllm as trtllm
+
+    monkeypatch.setattr(trtllm, "SUPPORTED_TRTLLM_VERSION", "9.8.7")
+    r = export(engine_dir, tmp_path / "repo", "--tokenizer", DEMO_DIR)
+    assert r.exit_code == 0, r.output
+    repo = tmp_path / "repo"
+    for name in MODELS:
+        assert "(tensorrt-llm 9.8.7)" in (repo / name / "config.pbtxt").read_text()
+    script = (repo / "launch.sh").read_text()
+    assert "pairs with tensorrt-llm 9.8.7," in script and "TensorRT-LLM v9.8.7 there" in script
+    assert not [f for f in repo.rglob("*") if f.is_file() and "1.2.1" in f.read_text()]

@@ -14,7 +14,7 @@ from fathom.deploy.trtllm_serve import EXTRA_OPTION_FIELDS, SERVE_FLAGS
 from test_trtllm_executor import engine_dir, fake_trtllm, set_manifest_runtime, tp2_engine_dir  # noqa: F401 (fixtures)
 
 # Every option name of `trtllm-serve serve` that takes a value, and its flags, as declared in
-# tensorrt_llm/commands/serve.py (NVIDIA/TensorRT-LLM, the copy read: commit 00209af1).
+# tensorrt_llm/commands/serve.py (NVIDIA/TensorRT-LLM, 1.2 line).
 UPSTREAM_VALUE_OPTIONS = {
     "--tokenizer", "--custom_tokenizer", "--host", "--port", "--backend", "--custom_module_dirs", "--log_level",
     "--max_beam_width", "--max_batch_size", "--max_num_tokens", "--max_seq_len", "--tensor_parallel_size",
@@ -25,7 +25,7 @@ UPSTREAM_VALUE_OPTIONS = {
     "--server_role", "--otlp_traces_endpoint", "--disagg_cluster_uri", "--media_io_kwargs", "--chat_template"}
 UPSTREAM_FLAG_OPTIONS = {"--trust_remote_code", "--fail_fast_on_attention_window_too_large", "--enable_chunked_prefill"}
 UPSTREAM_BACKENDS = {"pytorch", "tensorrt", "_autodeploy", "trt"}
-# Fields of the llmapi models the YAML sections are built into (tensorrt_llm/llmapi/llm_args.py, same copy).
+# Fields of the llmapi models the YAML sections are built into (tensorrt_llm/llmapi/llm_args.py, 1.2 line).
 UPSTREAM_FIELDS = {
     "KvCacheConfig": {"enable_block_reuse", "max_tokens", "max_attention_window", "sink_token_length",
                       "free_gpu_memory_fraction", "host_cache_size", "onboard_blocks", "cross_kv_cache_fraction",
@@ -161,3 +161,17 @@ def test_a_manifest_without_the_engines_limits_is_refused(engine_dir, tmp_path, 
     r = export(engine_dir, "--out", tmp_path / "o.yaml", "--tokenizer", DEMO_DIR)
     assert r.exit_code == 1
     assert r.output == f"Error: {path}: field '{section}.{field}' = {value!r}, expected a positive integer\n"
+
+
+def test_the_upstream_copies_read_are_named_once_in_the_reference_and_the_code_cites_paths_only():
+    root = Path(__file__).resolve().parents[1]
+    reference = (root / "docs" / "REFERENCE.md").read_text()
+    section = reference.split("## Deployment sources\n", 1)[1].split("\n## ", 1)[0]
+    for flag in SERVE_FLAGS.values():  # every option the command writes, checked in the serve.py copies named
+        assert f"`{flag}`" in section, flag
+    for name in ("commands/serve.py", "llm_args.py", "trtllm-llmapi-launch", "launch_triton_server.py",
+                 "inflight_batcher_llm"):
+        assert name in section, name
+    for module in (root / "deploy").glob("*.py"):
+        text = module.read_text()
+        assert "not available" not in text and "copy read" not in text and "at commit" not in text, module.name

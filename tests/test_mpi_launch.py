@@ -51,19 +51,30 @@ def run_cli(*args):
     return CliRunner().invoke(main, list(args))
 
 
+class ExecCalls(list):
+    """(file, argv) of each exec; `envs`: the environment each was given."""
+
+    def __init__(self):
+        super().__init__()
+        self.envs = []
+
+
 @pytest.fixture
 def execs(monkeypatch):
     """os.execvpe recorded instead of run: the command ends there, as the replaced process would."""
     import fathom.deploy.launch as launch
 
-    calls = []
+    calls = ExecCalls()
 
     def record(file, args, env):
         calls.append((file, list(args)))
+        calls.envs.append(dict(env))
         raise SystemExit(0)
 
     monkeypatch.setattr(launch.os, "execvpe", record)
-    monkeypatch.delenv("PMI_RANK", raising=False)
+    for name in ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "PMI_ID", "SLURM_PROCID", "SLURM_STEP_ID",
+                 "FATHOM_MPI_RELAUNCHED"):  # this test process was started by no launcher
+        monkeypatch.delenv(name, raising=False)
     return calls
 
 
@@ -84,6 +95,7 @@ def test_commands_re_run_under_mpirun_with_the_hostfile_before_opening_the_execu
     assert r.exit_code == 0, r.output
     expected = ["mpirun", "-n", "2", "--hostfile", str(hostfile), FATHOM, *args]
     assert execs == [(str(FAKES / "bin" / "mpirun"), expected)]
+    assert execs.envs[0]["FATHOM_MPI_RELAUNCHED"] == "1"  # the ranks know they were started by this relaunch
     assert f"has 2 ranks; running: {shlex.join(expected)}" in r.stderr
     assert not [c for c in fake_trtllm.CALLS if c[0] == "Executor"]  # nothing opened before the relaunch
 
@@ -119,3 +131,67 @@ def test_a_hostfile_for_a_single_process_model_is_refused(engine_dir, fake_trtll
     assert r.exit_code == 1 and not execs
     assert r.output == (f"Error: --hostfile {hostfile}: only used to start a multi-rank engine with the trtllm "
                         f"executor; {spec} runs in one process\n")
+
+
+@pytest.mark.parametrize("environ, launched", [
+    ({"OMPI_COMM_WORLD_RANK": "0"}, True),  # Open MPI's mpirun
+    ({"PMIX_RANK": "1"}, True),  # PMIx launchers (prterun, Open MPI 5), which may set no other
+    ({"PMI_RANK": "0"}, True),  # MPICH/Hydra
+    ({"PMI_ID": "0"}, True),
+    ({"SLURM_PROCID": "1", "SLURM_STEP_ID": "0", "SLURM_NTASKS": "2"}, True),  # a task srun started
+    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_JOB_ID": "7"}, False),  # an sbatch script itself
+    ({}, False),
+])
+def test_launcher_detection(environ, launched):
+    from fathom.deploy.launch import started_by_launcher
+
+    assert started_by_launcher(environ) is launched
+
+
+def test_inside_an_sbatch_script_the_command_re_runs_under_mpirun(tp2_engine_dir, fake_trtllm, execs, monkeypatch):
+    args = [a.format(engine=tp2_engine_dir) for a in GENERATE]
+    monkeypatch.setattr(sys, "argv", [FATHOM, *args])
+    monkeypatch.setenv("PATH", os.pathsep.join([str(FAKES / "bin"), os.environ["PATH"]]))
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    r = run_cli(*args)
+    assert r.exit_code == 0, r.output
+    assert execs == [(str(FAKES / "bin" / "mpirun"), ["mpirun", "-n", "2", FATHOM, *args])]
+
+
+def test_a_relaunched_rank_without_launcher_variables_is_refused_instead_of_starting_mpirun_again(
+        tp2_engine_dir, fake_trtllm, execs, monkeypatch):
+    args = [a.format(engine=tp2_engine_dir) for a in GENERATE]
+    monkeypatch.setattr(sys, "argv", [FATHOM, *args])
+    monkeypatch.setenv("PATH", os.pathsep.join([str(FAKES / "bin"), os.environ["PATH"]]))
+    monkeypatch.setenv("FATHOM_MPI_RELAUNCHED", "1")
+    r = run_cli(*args)
+    assert r.exit_code == 1 and not execs
+    assert r.output == (f"Error: {tp2_engine_dir}: re-run under mpirun (FATHOM_MPI_RELAUNCHED=1) but no launcher "
+                        "variable is set; expected one of OMPI_COMM_WORLD_RANK, PMIX_RANK, PMI_RANK, PMI_ID, or "
+                        "SLURM_PROCID with SLURM_STEP_ID, to give each of the 2 ranks its rank\n")
+
+
+@pytest.mark.parametrize("command", [
+    GENERATE,
+    ["bench", "{engine}", "--num-requests", "2", "--input-len", "4", "--output-len", "2", "--no-profile",
+     "--out", "{tmp}/runs.jsonl"],
+])
+def test_tp_on_a_multi_rank_engine_is_refused_before_any_relaunch(
+        tp2_engine_dir, fake_trtllm, execs, monkeypatch, tmp_path, command):
+    args = [a.format(engine=tp2_engine_dir, tmp=tmp_path) for a in command] + ["--tp", "2"]
+    monkeypatch.setattr(sys, "argv", [FATHOM, *args])
+    monkeypatch.setenv("PATH", os.pathsep.join([str(FAKES / "bin"), os.environ["PATH"]]))
+    r = run_cli(*args)
+    assert r.exit_code == 1 and not execs
+    assert r.output == ("Error: --tp 2: tensor parallelism is a torch executor option, not --executor trtllm "
+                        "(a TensorRT-LLM engine carries its own mapping)\n")
+
+
+def test_a_hostfile_with_torch_tensor_parallel_ranks_is_refused_naming_them(execs, tmp_path):
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("node1\n")
+    r = run_cli("generate", "demo", "-p", "hi", "--tp", "2", "--hostfile", str(hostfile))
+    assert r.exit_code == 1 and not execs
+    assert r.output == (f"Error: --hostfile {hostfile}: only used to start a multi-rank engine with the trtllm "
+                        "executor; demo runs its --tp 2 ranks on this machine\n")

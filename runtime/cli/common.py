@@ -66,7 +66,7 @@ def open_runtime(model: str, executor: str, dtype: str, device: str | None, toke
 
     source = resolve_model(model, tokenizer=tokenizer)
     tok = load_tokenizer(source.tokenizer_dir, model)
-    launch_ranks(executor, source, hostfile)
+    launch_ranks(executor, source, hostfile, tp=tp)
     dtype, device = resolve_dtype(dtype, device)
     eos = source.config.eos_token_ids or ([tok.eos_token_id] if tok.eos_token_id is not None else [])
     ex = create_executor(executor, source, dtype=dtype, device=device, max_seq_len=max_seq_len, eos_ids=eos,
