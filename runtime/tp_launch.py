@@ -28,7 +28,8 @@ each worker to leave, joins it and terminates one that does not (at once when th
 workers are daemonic. Rank 0 then leaves the group: `destroy_process_group`, or on a broken NCCL
 group `_abort_process_group` (torch/distributed/distributed_c10d.py, torch 2.13 as installed here),
 since ProcessGroupNCCL's `shutdown()` waits for the in-flight NCCL kernels and `abort()` ends them
-(torch/csrc/distributed/c10d/ProcessGroupNCCL.cpp, the 2.x copy read in a fork of pytorch).
+(torch/csrc/distributed/c10d/ProcessGroupNCCL.cpp; the copy read is a pytorch fork's, with the
+`HeartbeatMonitor` class, version not pinned).
 
 Ctrl-C: the workers share the terminal's process group but ignore SIGINT (fathom.runtime.tp_worker);
 rank 0 owns shutdown, so a server drains its requests on all ranks before closing them.
