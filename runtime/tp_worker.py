@@ -4,8 +4,8 @@ Started by fathom.runtime.tp_launch (spawn start method). The worker reads only 
 then waits on its pipe: "cache" opens its paged cache (its own KV heads, the blocks all ranks
 agree on), "step" replays rank 0's slot-table edits, receives the step's integers by broadcast and
 runs the same `ModelRunner.run` on its shard, "usage" reports what it loaded, its threads, its RSS
-before loading and its peak RSS since, "close" leaves the group. When rank 0 is gone (end of file on the pipe, or a broken collective)
-the worker exits.
+before loading and its peak RSS since, "close" leaves the group. When rank 0 is gone (end of file
+on the pipe, or a broken collective) the worker exits.
 
 Ctrl-C in a terminal reaches every process of its foreground group, workers included: a worker
 ignores SIGINT, since rank 0 owns shutdown (a server drains its requests, then closes the workers).
@@ -82,7 +82,8 @@ def serve_rank(spec, rank: int, conn) -> None:
                 runner = ModelRunner(model, cache, config.max_num_seqs, max_seq_len, cuda_graphs=False)
             elif kind == "usage":
                 conn.send({"rank": rank, "device": device, "weights_bytes": weights_bytes,
-                           "threads": torch.get_num_threads(), "rss_before_load_bytes": rss_before_load, "peak_rss_bytes": rss_high_water_bytes()})
+                           "threads": torch.get_num_threads(), "rss_before_load_bytes": rss_before_load,
+                           "peak_rss_bytes": rss_high_water_bytes()})
             elif kind == "close":
                 return
     finally:
