@@ -27,15 +27,16 @@ def resolve_executor_name(name: str, source: ModelSource) -> str:
 SMALL_MODEL_BYTES = 64 << 20
 
 
-def set_cpu_threads(threads: int | None, source: ModelSource, dtype: str) -> int:
-    """Apply `threads` (None = auto: 1 for small models, torch's default otherwise); return the count."""
+def set_cpu_threads(threads: int | None, source: ModelSource, dtype: str, ranks: int = 1) -> int:
+    """Apply `threads` (None = auto: 1 for small models, else torch's default shared by `ranks`
+    tensor-parallel processes, at least 1 each); return the count (per rank)."""
     import torch
 
     from fathom.build.precision import DTYPE_BYTES
 
     if threads is None:
         small = source.config.num_params() * DTYPE_BYTES.get(dtype, 4) < SMALL_MODEL_BYTES
-        threads = 1 if small else torch.get_num_threads()
+        threads = 1 if small else max(1, torch.get_num_threads() // ranks)
     if threads < 1:
         raise FathomError(f"--threads {threads}: expected >= 1")
     torch.set_num_threads(threads)
@@ -47,7 +48,8 @@ def create_executor(name: str, source: ModelSource, dtype: str = "float32", devi
                     tp: int = 1, **torch_options):
     """Open `name` on `source`. `auto` picks trtllm for an engine directory and torch otherwise.
 
-    `threads`: CPU intra-op threads (None = auto, see set_cpu_threads); per rank with `tp`.
+    `threads`: CPU intra-op threads (None = auto, see set_cpu_threads); per rank with `tp` (auto
+    divides the machine's default among the ranks).
     `tp`: tensor-parallel ranks of the torch executor, for a checkpoint converted with that `--tp`
     (fathom.runtime.tp_launch; this process is rank 0). Close the executor to end the other ranks.
     `torch_options` go to the torch executor (see torch_executor.executor_config: max_num_tokens,
@@ -67,7 +69,7 @@ def create_executor(name: str, source: ModelSource, dtype: str = "float32", devi
 
     device = device or default_device()
     if device.startswith("cpu"):
-        threads = set_cpu_threads(threads, source, dtype)
+        threads = set_cpu_threads(threads, source, dtype, ranks=tp)
     if tp > 1:
         from .torch_executor import executor_config
         from .tp_launch import open_tensor_parallel

@@ -100,12 +100,10 @@ class ModelRunner:
         self.attn.plan_step(slots_t, list(step.chunks))
         if n:
             self.attn.plan_decode(rows_t, pos_t[:n] + 1 if step.ragged else None, step.decode_len)
+        index = index_t if step.chunks else None
         if self.workers is None:
-            return self.run_model(ids_t, pos_t, index_t if step.chunks else None)
-        try:
-            return self.run_model(ids_t, pos_t, index_t if step.chunks else None)
-        except RuntimeError as e:  # a collective with a rank that is gone
-            raise self.workers.failure(e) from None
+            return self.run_model(ids_t, pos_t, index)
+        return self.workers.collective(lambda: self.run_model(ids_t, pos_t, index))
 
     def run_model(self, ids: torch.Tensor, positions: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
         """(N,) ids/positions -> logits (N, V), or (K, V) at `index`."""

@@ -80,15 +80,13 @@ class TensorParallel:
             dist.broadcast(x, src=0, group=self.group)
         return x
 
-    def min_int(self, value: int, device: torch.device) -> int:
-        """The smallest `value` over the ranks."""
-        if self.size == 1:
-            return value
-        import torch.distributed as dist
+    def all_reduce_min(self, x: torch.Tensor) -> torch.Tensor:
+        """Elementwise minimum of x over the ranks, in place (x itself for one rank)."""
+        if self.size > 1:
+            import torch.distributed as dist
 
-        t = torch.tensor([value], dtype=torch.int64, device=device)
-        dist.all_reduce(t, op=dist.ReduceOp.MIN, group=self.group)
-        return int(t.item())
+            dist.all_reduce(x, op=dist.ReduceOp.MIN, group=self.group)
+        return x
 
 
 SINGLE = TensorParallel()

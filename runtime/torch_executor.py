@@ -26,6 +26,7 @@ import torch
 
 from fathom.build.errors import ConfigError, FathomError
 from fathom.build.precision import KvCacheFormat, dtype_word
+from fathom.build.quant.kv_cache import KVCacheQuant
 
 from .block_manager import BlockManager
 from .executor import KVUsage, Request, TokenEvent, finish_reason, now
@@ -66,9 +67,10 @@ class TorchExecutor:
         self.max_seq_len = min(max_seq_len or model.max_seq_len, model.max_seq_len)
         self.device = model.device
         self.workers = workers
+        plan = plan_cache(model, config, self.max_seq_len)  # rank 0's own errors come before the others are involved
         if workers is not None:
-            workers.open_cache(config, self.max_seq_len)
-        self.cache = open_cache(model, config, self.max_seq_len)
+            plan = replace(plan, num_blocks=workers.open_cache(config, self.max_seq_len, plan.num_blocks))
+        self.cache = open_cache(model, config, self.max_seq_len, plan)
         if workers is not None:
             self.cache.edits = []  # replayed by the other ranks
         self.blocks = BlockManager(self.cache, config.max_num_seqs, config.kv.prefix_reuse)
@@ -175,19 +177,30 @@ class TorchExecutor:
         self.cancelled.clear()
 
 
-def open_cache(model: Qwen2Model, config: TorchExecutorConfig, max_seq_len: int) -> PagedKVCache:
-    """The paged cache of the model's KV heads (a tensor-parallel rank: its own), sized from memory;
-    across tensor-parallel ranks every rank calls it, and all get the blocks the tightest one holds."""
+@dataclass(frozen=True)
+class CachePlan:
+    """One rank's paged cache before it is allocated: its K/V storage and the blocks its memory holds."""
+
+    kv_quant: KVCacheQuant | None
+    num_blocks: int
+
+
+def plan_cache(model: Qwen2Model, config: TorchExecutorConfig, max_seq_len: int) -> CachePlan:
+    """The cache of the model's KV heads (a tensor-parallel rank: its own), sized from this rank's memory."""
     cfg, kv, device = model.shard_cfg, config.kv, model.device
     kv_quant = kv.kv_quant(model.kv_quant, device)
     kv_format = kv_quant.format if kv_quant is not None else KvCacheFormat.MODEL
     per_token = cfg.kv_bytes_per_token(kv_format.bytes_per_element(dtype_word(model.dtype)))
     workspace = step_workspace_bytes(cfg, model.dtype, config.max_num_tokens, config.max_num_seqs, max_seq_len)
-    num_blocks = plan_num_blocks(cfg, kv, device, per_token, workspace, config.max_num_seqs * max_seq_len)
-    num_blocks = model.tp.min_int(num_blocks, device)
+    return CachePlan(kv_quant, plan_num_blocks(cfg, kv, device, per_token, workspace,
+                                               config.max_num_seqs * max_seq_len))
+
+
+def open_cache(model: Qwen2Model, config: TorchExecutorConfig, max_seq_len: int, plan: CachePlan) -> PagedKVCache:
+    """Allocate the planned cache (across tensor-parallel ranks: the blocks the tightest rank holds)."""
     # One spare slot-table row stays all-null: padded CUDA-graph rows point there.
-    return PagedKVCache(cfg, kv.block_size, num_blocks, model.dtype, device, config.max_num_seqs + 1, max_seq_len,
-                        kv_quant=kv_quant)
+    return PagedKVCache(model.shard_cfg, config.kv.block_size, plan.num_blocks, model.dtype, model.device,
+                        config.max_num_seqs + 1, max_seq_len, kv_quant=plan.kv_quant)
 
 
 def executor_config(max_num_tokens: int | None = None, max_num_seqs: int | None = None,

@@ -15,17 +15,38 @@ Two channels per worker:
   sampled positions) are broadcast from rank 0, then every rank runs the forward on its shard
   (fathom.runtime.tensor_parallel: two all-reduces per layer, logits gathered on rank 0).
 
+Failure: rank 0 checks that every worker is alive before each message it sends, and waits for each
+step (and the cache agreement) in `collective`. With gloo a collective whose peer is gone fails
+at once. NCCL would block instead (until COLLECTIVE_TIMEOUT, when its watchdog ends the process), so
+on CUDA rank 0 polls a CUDA event recorded after the step while checking the workers every
+LIVENESS_CHECK_S. Either way a rank that is gone makes the step raise a one-line FathomError, and
+the executor is broken from then on. A worker stuck in a collective when rank 0 itself dies (killed)
+stays blocked until COLLECTIVE_TIMEOUT on NCCL; an idle one sees end-of-file on its pipe and exits.
+
 Shutdown: `close` (also run when the executor is garbage-collected and at interpreter exit) asks
-each worker to leave, joins it and terminates one that does not; workers are daemonic, and one
-whose pipe closes exits. A worker that dies makes the next step raise a one-line FathomError.
+each worker to leave, joins it and terminates one that does not (at once when the group is broken);
+workers are daemonic. Rank 0 then leaves the group: `destroy_process_group`, or on a broken NCCL
+group `_abort_process_group` (torch/distributed/distributed_c10d.py, torch 2.13 as installed here),
+since ProcessGroupNCCL's `shutdown()` waits for the in-flight NCCL kernels and `abort()` ends them
+(torch/csrc/distributed/c10d/ProcessGroupNCCL.cpp; the copy read is a pytorch fork's, with the
+`HeartbeatMonitor` class, version not pinned).
+
+Ctrl-C: the workers share the terminal's process group but ignore SIGINT (fathom.runtime.tp_worker);
+rank 0 owns shutdown, so a server drains its requests on all ranks before closing them.
+
+Threads: a step runs on one thread (the executor's caller); `describe` may come from another, so each
+exchange on the pipes holds one lock.
 """
 
 from __future__ import annotations
 
 import socket
+import threading
+import time
 import weakref
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Callable, TypeVar
 
 import torch
 
@@ -34,10 +55,15 @@ from fathom.build.sources import ModelSource
 
 from .tensor_parallel import TensorParallel
 
-# A collective waits this long for the other ranks; they only enter one while a step runs.
+# A collective waits this long for the other ranks (also the rendezvous, while rank 0 loads its shard);
+# they only enter one while a step runs or the cache opens.
 COLLECTIVE_TIMEOUT = timedelta(minutes=10)
 LOAD_POLL_S = 0.2
 JOIN_TIMEOUT_S = 10.0
+LIVENESS_CHECK_S = 0.05  # while rank 0 waits for a CUDA step: how often it looks at the workers
+EVENT_POLL_S = 1e-4  # between two looks at the step's CUDA event (the sleep lets other threads run)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -55,17 +81,24 @@ class WorkerSpec:
     def device(self, rank: int) -> str:
         return f"cuda:{rank}" if self.device_type == "cuda" else "cpu"
 
+    @property
+    def backend(self) -> str:
+        """The torch.distributed backend: NCCL between GPUs, gloo on the CPU."""
+        return "nccl" if self.device_type == "cuda" else "gloo"
+
 
 def init_group(spec: WorkerSpec, rank: int) -> None:
     """Join the default process group of `spec.size` ranks (blocks until all have joined)."""
     import torch.distributed as dist
 
-    backend = "nccl" if spec.device_type == "cuda" else "gloo"
-    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{spec.port}", rank=rank,
+    dist.init_process_group(spec.backend, init_method=f"tcp://127.0.0.1:{spec.port}", rank=rank,
                             world_size=spec.size, timeout=COLLECTIVE_TIMEOUT)
 
 
 def free_port() -> int:
+    """A TCP port free on 127.0.0.1 when asked. Another process may bind it before rank 0's
+    rendezvous store does; the executor then fails to open with torch's "address already in use"
+    (accepted: the window is the time it takes rank 0 to load its shard, and a retry picks a new port)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -95,6 +128,8 @@ class TPWorkers:
         self.spec = spec
         self.tp = TensorParallel(0, spec.size)
         self.leader: dict = {"rank": 0, "device": spec.device(0)}  # rank 0's part of `describe`
+        self.broken = threading.Event()  # set once a rank is gone or a collective failed
+        self._pipes = threading.RLock()  # one exchange on the pipes at a time
         ctx = torch.multiprocessing.get_context("spawn")
         self.procs, self.conns = [], []
         for rank in range(1, spec.size):
@@ -104,7 +139,7 @@ class TPWorkers:
             child.close()  # only the worker holds its end: a dead worker means a broken pipe here
             self.procs.append(proc)
             self.conns.append(parent)
-        self._close = weakref.finalize(self, _shutdown, self.procs, self.conns)
+        self._close = weakref.finalize(self, _shutdown, self.procs, self.conns, spec.backend, self.broken)
 
     # ---- start ------------------------------------------------------------------------
     def join_group(self) -> None:
@@ -116,11 +151,14 @@ class TPWorkers:
             self._recv(conn, rank)  # "loaded"
         init_group(self.spec, 0)
 
-    # ---- per step ---------------------------------------------------------------------
-    def open_cache(self, config, max_seq_len: int) -> None:
-        """Have every worker open its paged cache (each then joins `open_cache`'s block agreement)."""
+    def open_cache(self, config, max_seq_len: int, num_blocks: int) -> int:
+        """Have every worker open its paged cache; the blocks every rank gets: the fewest any rank
+        holds (`num_blocks` is rank 0's, planned before the workers are asked)."""
         self._send(("cache", config, max_seq_len))
+        blocks = torch.tensor([num_blocks], dtype=torch.int64, device=self.spec.device(0))
+        return int(self.collective(lambda: self.tp.all_reduce_min(blocks)).item())
 
+    # ---- per step ---------------------------------------------------------------------
     def send_step(self, step, edits: list, data: torch.Tensor) -> None:
         """Hand one step to every worker: its plan and slot-table edits by pipe, its integers by broadcast."""
         self._send(("step", step, edits))
@@ -129,16 +167,45 @@ class TPWorkers:
         except RuntimeError as e:
             raise self.failure(e) from None
 
+    def collective(self, run: Callable[[], T]) -> T:
+        """`run()`, this rank's part of collectives with the workers, and wait until it is done; a
+        rank that is gone raises a one-line FathomError instead of blocking (see the module docstring)."""
+        try:
+            result = run()
+            if self.spec.device_type == "cuda":
+                done = torch.cuda.Event()
+                done.record()
+                self.wait_until(done.query)
+        except RuntimeError as e:
+            raise self.failure(e) from None
+        return result
+
+    def wait_until(self, done: Callable[[], bool]) -> None:
+        """Poll `done` until it is true, checking every LIVENESS_CHECK_S that every worker is alive."""
+        next_check = time.monotonic()
+        while not done():
+            if time.monotonic() >= next_check:
+                self.check_alive()
+                next_check = time.monotonic() + LIVENESS_CHECK_S
+            time.sleep(EVENT_POLL_S)
+
     def describe(self) -> dict:
-        """Size, backend and each rank's device, weights read and (workers) peak RSS so far."""
-        self._send(("usage",))
-        ranks = [self._recv(conn, rank) for rank, conn in enumerate(self.conns, start=1)]
-        return {"size": self.spec.size, "backend": "nccl" if self.spec.device_type == "cuda" else "gloo",
-                "ranks": [self.leader, *ranks]}
+        """Size, backend and each rank's device, weights read, threads and (workers) peak RSS so far."""
+        with self._pipes:
+            self._send(("usage",))
+            ranks = [self._recv(conn, rank) for rank, conn in enumerate(self.conns, start=1)]
+        return {"size": self.spec.size, "backend": self.spec.backend, "ranks": [self.leader, *ranks]}
 
     # ---- failure and shutdown ---------------------------------------------------------
+    def check_alive(self) -> None:
+        """A one-line FathomError if a worker has exited."""
+        if not all(proc.is_alive() for proc in self.procs):
+            raise self.failure()
+
     def failure(self, error: BaseException | None = None) -> FathomError:
-        """A one-line error naming the worker that is gone (else the collective's own first line)."""
+        """A one-line error naming the worker that is gone (else the collective's own first line);
+        the group is broken from then on."""
+        self.broken.set()
         for rank, proc in enumerate(self.procs, start=1):
             proc.join(0.5 if error is not None else 0)
             if proc.exitcode is not None:
@@ -152,14 +219,13 @@ class TPWorkers:
         self._close()
 
     def _send(self, message: tuple) -> None:
-        for proc in self.procs:
-            if not proc.is_alive():
-                raise self.failure()
-        try:
-            for conn in self.conns:
-                conn.send(message)
-        except OSError as e:
-            raise self.failure(e) from None
+        with self._pipes:
+            self.check_alive()
+            try:
+                for conn in self.conns:
+                    conn.send(message)
+            except OSError as e:
+                raise self.failure(e) from None
 
     def _recv(self, conn, rank: int):
         try:
@@ -168,14 +234,14 @@ class TPWorkers:
             raise self.failure(e) from None
 
 
-def _shutdown(procs, conns) -> None:
+def _shutdown(procs, conns, backend: str, broken: threading.Event) -> None:
     for conn in conns:
         try:
             conn.send(("close",))
         except OSError:
             pass  # already gone
     for proc in procs:
-        proc.join(JOIN_TIMEOUT_S)
+        proc.join(0 if broken.is_set() else JOIN_TIMEOUT_S)  # a broken group's workers may sit in a collective
         if proc.is_alive():
             proc.terminate()
             proc.join(JOIN_TIMEOUT_S)
@@ -183,7 +249,11 @@ def _shutdown(procs, conns) -> None:
         conn.close()
     import torch.distributed as dist
 
-    if dist.is_initialized():
+    if not dist.is_initialized():
+        return
+    if broken.is_set() and backend == "nccl":
+        dist.distributed_c10d._abort_process_group()
+    else:
         dist.destroy_process_group()
 
 
@@ -204,7 +274,7 @@ def open_tensor_parallel(source: ModelSource, tp: int, dtype: str, device: str, 
     workers = TPWorkers(spec)
     try:
         model, nbytes = load_rank_model(source.path, workers.tp, dtype, spec.device(0), max_seq_len)
-        workers.leader["weights_bytes"] = nbytes
+        workers.leader.update(weights_bytes=nbytes, threads=torch.get_num_threads())
         workers.join_group()
         return TorchExecutor(model, eos_ids=eos_ids, max_seq_len=max_seq_len, config=config, workers=workers)
     except BaseException:

@@ -2,6 +2,7 @@
 
 import os
 import signal
+import threading
 
 import pytest
 import torch
@@ -23,6 +24,7 @@ from fathom.runtime.executor import Request, collect
 from fathom.runtime.executors import create_executor
 from fathom.runtime.model import param_bytes
 from fathom.runtime.sampling import SamplingParams
+from fathom.runtime import tp_launch
 from fathom.runtime.tp_launch import check_devices
 
 OPTIONS = dict(dtype="float32", device="cpu", max_seq_len=64, threads=1, max_num_tokens=24, max_num_seqs=3,
@@ -57,13 +59,14 @@ def greedy(executor, max_new_tokens: int = 5):
     return {rid: [e.token_id for e in evs] for rid, evs in events.items()}, steps
 
 
-def assert_same_run(ckpt, atol: float):
+def assert_same_run(ckpt, atol: float, dtype: str = "float32", max_new_tokens: int = 5):
     source = resolve_model(str(ckpt))
-    one = create_executor("torch", source, **OPTIONS)
-    want_tokens, want_logits = greedy(one)
-    tp = create_executor("torch", source, tp=2, **OPTIONS)
+    options = {**OPTIONS, "dtype": dtype}
+    one = create_executor("torch", source, **options)
+    want_tokens, want_logits = greedy(one, max_new_tokens)
+    tp = create_executor("torch", source, tp=2, **options)
     try:
-        got_tokens, got_logits = greedy(tp)
+        got_tokens, got_logits = greedy(tp, max_new_tokens)
         assert got_tokens == want_tokens
         assert len(got_logits) == len(want_logits)
         for got, want in zip(got_logits, want_logits):
@@ -96,10 +99,46 @@ def test_two_ranks_match_one_process_and_each_loads_its_half(wide_ckpt):
         assert worker["weights_bytes"] * 0.9 < grown < single_bytes  # its shard in memory, never the whole model
         # The per-rank KV cache holds this rank's heads: half of one process's (num_kv_heads 4, tp 2).
         assert tp.cache.bytes_per_token * 2 == one.cache.bytes_per_token
+        assert [rank["threads"] for rank in info["ranks"]] == [1, 1]
+
+        # Ctrl-C reaches the worker too (same terminal process group): it keeps serving rank 0,
+        # which owns shutdown; meanwhile another thread asks for `describe` while steps run.
+        os.kill(workers.procs[0].pid, signal.SIGINT)
+        described, stop = [], threading.Event()
+
+        def describe_until_stopped():
+            while not stop.is_set():
+                described.append(tp.describe()["tensor_parallel"]["size"])
+
+        reader = threading.Thread(target=describe_until_stopped)
+        reader.start()
+        try:
+            assert greedy(tp)[0] == greedy(one)[0]
+        finally:
+            stop.set()
+            reader.join()
+        assert described and set(described) == {2}
     finally:
         tp.close()
     assert [p.exitcode for p in workers.procs] == [0]
     assert not dist.is_initialized()
+
+
+def test_auto_threads_are_shared_by_the_ranks(wide_ckpt, monkeypatch):
+    """With --threads unset, a model over 64 MB gets torch's default thread count divided among the ranks."""
+    opened = {}
+
+    def open_tensor_parallel(source, tp, dtype, device, max_seq_len, eos_ids, threads, config):
+        opened.update(tp=tp, threads=threads)
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(tp_launch, "open_tensor_parallel", open_tensor_parallel)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    try:
+        create_executor("torch", resolve_model(str(wide_ckpt)), dtype="float32", device="cpu", tp=2)
+        assert opened == {"tp": 2, "threads": 2}
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_plan_sizes_each_rank_as_loaded(tmp_path_factory):
@@ -119,14 +158,52 @@ def test_duplicated_kv_heads_padded_vocab_and_a_dead_worker(tmp_path_factory):
     _, tp = assert_same_run(ckpt, atol=1e-5)
     try:
         [proc] = tp.workers.procs
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.join()
-        with pytest.raises(FathomError) as e:
-            collect(tp, [Request("x", [1, 2, 3], SamplingParams(max_new_tokens=2))])
-        assert "\n" not in str(e.value) and "rank 1" in str(e.value) and "exited" in str(e.value)
+        killed = []
+
+        def killed_then_never_done() -> bool:
+            """A step whose collective never completes because its peer died (what NCCL does)."""
+            if not killed:
+                os.kill(proc.pid, signal.SIGKILL)
+                killed.append(proc.pid)
+            return False
+
+        for wait in (lambda: tp.workers.wait_until(killed_then_never_done),
+                     lambda: collect(tp, [Request("x", [1, 2, 3], SamplingParams(max_new_tokens=2))])):
+            with pytest.raises(FathomError) as e:
+                wait()
+            assert "\n" not in str(e.value) and "rank 1" in str(e.value) and "exited" in str(e.value)
+        assert tp.workers.broken.is_set()
     finally:
         tp.close()
     assert not dist.is_initialized()
+
+
+def test_rank0_cache_error_comes_before_the_workers_are_asked(tmp_path_factory, monkeypatch):
+    """A cache rank 0 cannot hold fails before the workers enter the block agreement: they leave
+    when asked (exit code 0) instead of being terminated after JOIN_TIMEOUT_S."""
+    ckpt = checkpoint(tmp_path_factory, "cache", preset("tiny"))
+    started = []
+
+    class Workers(tp_launch.TPWorkers):
+        def __init__(self, spec):
+            super().__init__(spec)
+            started.append(self)
+
+    monkeypatch.setattr(tp_launch, "TPWorkers", Workers)
+    with pytest.raises(ConfigError, match="KV cache: 1 bytes left"):
+        create_executor("torch", resolve_model(str(ckpt)), tp=2, **{**OPTIONS, "cpu_budget_bytes": 1})
+    [workers] = started
+    assert [p.exitcode for p in workers.procs] == [0]
+    assert not dist.is_initialized()
+
+
+def test_bfloat16_all_reduce_over_gloo(tmp_path_factory):
+    """bf16 partial sums all-reduced by gloo. Each rank rounds its partial product to bf16 before the
+    sum, so logits move by a few bf16 steps (measured 0.03 at |logit| < 4, where a step is 1/64) and
+    a near-tie can pick another token: the first two tokens here win by >= 0.09, past that error."""
+    ckpt = checkpoint(tmp_path_factory, "bf16", preset("tiny"), dtype="bfloat16")
+    _, tp = assert_same_run(ckpt, atol=4 / 64, dtype="bfloat16", max_new_tokens=2)
+    tp.close()
 
 
 # Every linear's input width on a rank a multiple of AWQ's group size (128).
