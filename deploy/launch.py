@@ -70,12 +70,10 @@ def launch_ranks(executor: str, source, hostfile: str | None, tp: int = 1, argv:
     raise FathomError naming that command when mpirun is not on PATH. Options that cannot apply
     (--tp above 1 with the trtllm executor, --hostfile with no engine ranks to start) are refused
     here, before any relaunch, so the error is printed once."""
-    from fathom.runtime.executors import resolve_executor_name
+    from fathom.runtime.executors import check_tensor_parallel, resolve_executor_name
 
     name = resolve_executor_name(executor, source)
-    if tp > 1 and name != "torch":
-        raise FathomError(f"--tp {tp}: tensor parallelism is a torch executor option, not --executor {name} "
-                          "(a TensorRT-LLM engine carries its own mapping)")
+    check_tensor_parallel(name, tp)
     ranks = engine_ranks(source.path) if name == "trtllm" else 1
     if ranks == 1:
         if hostfile is not None:

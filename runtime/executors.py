@@ -43,6 +43,15 @@ def set_cpu_threads(threads: int | None, source: ModelSource, dtype: str, ranks:
     return threads
 
 
+def check_tensor_parallel(name: str, tp: int) -> None:
+    """Refuse a `--tp` the executor `name` (resolved) cannot take."""
+    if tp < 1:
+        raise FathomError(f"--tp {tp}: expected >= 1")
+    if tp > 1 and name != "torch":
+        raise FathomError(f"--tp {tp}: tensor parallelism is a torch executor option, not --executor {name} "
+                          "(a TensorRT-LLM engine carries its own mapping)")
+
+
 def create_executor(name: str, source: ModelSource, dtype: str = "float32", device: str | None = None,
                     max_seq_len: int = DEFAULT_MAX_SEQ_LEN, eos_ids: list[int] | None = None, threads: int | None = None,
                     tp: int = 1, **torch_options):
@@ -56,11 +65,7 @@ def create_executor(name: str, source: ModelSource, dtype: str = "float32", devi
     max_num_seqs, block_size, kv_format, kv_scales, prefix_reuse, gpu_memory_fraction, ...).
     """
     name = resolve_executor_name(name, source)
-    if tp < 1:
-        raise FathomError(f"--tp {tp}: expected >= 1")
-    if tp > 1 and name != "torch":
-        raise FathomError(f"--tp {tp}: tensor parallelism is a torch executor option, not --executor {name} "
-                          "(a TensorRT-LLM engine carries its own mapping)")
+    check_tensor_parallel(name, tp)
     if name == "trtllm":
         from .trtllm_executor import TrtllmExecutor
 
