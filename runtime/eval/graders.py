@@ -1,0 +1,294 @@
+"""Answer equivalence: is an extracted answer the gold answer? Two graders, chosen by name.
+
+`strict` (the default) asks math-verify (github.com/huggingface/Math-Verify, `parse` and
+`verify`), which parses both sides to sympy and compares them as numbers, expressions, sets,
+intervals or equations: integers with leading zeros, `\\dfrac`/`a/b`/decimals, symbolic forms
+(`\\frac{\\pi-2}{\\pi}` = `1-\\frac{2}{\\pi}`), `\\sqrt` forms, unordered answer lists, `\\pm`,
+units and degree signs. Its majority vote groups answers by a canonical form of the parsed value,
+so `\\frac12` and `0.5` vote together.
+
+`fathom-r1` follows the rules the Fathom-R1-14B model card's evaluation applies
+(github.com/FractalAIResearchLabs/Fathom-R1, eval/), so scores compare with its table:
+answers are normalized (spacing, `\\left`/`\\right`, `\\dfrac`, `$`, `%`, degree signs, a
+trailing `\\text{unit}`, a leading `x=`), then equal ignoring case, or, when both contain commas,
+equal as unordered lists item by item; when both are plain numbers they must agree within an
+absolute 1e-4, the answer also being accepted at 100x and 1/100 of the gold; otherwise they are
+parsed as LaTeX and must simplify to the same value (or agree numerically within 1e-4). Its
+majority vote counts the raw answer strings.
+
+Where the two differ:
+- percentages: fathom-r1 accepts 50 for a gold of 0.5 (and 0.5 for 50); strict does not.
+- tolerance: fathom-r1 accepts any number within 1e-4 of the gold (0.33333 for 1/3); strict
+  compares rounded to 6 decimals, so 0.33333 is not 1/3.
+- lists: fathom-r1 splits on top-level commas only when both sides have them and matches the
+  items in any order; strict compares parsed sets and tuples, so ordered pairs `(1,2)` and
+  `(2,1)` differ while sets `\\{1,2\\}` and answer lists `1, 2` do not.
+- voting: fathom-r1 counts `\\frac12` and `0.5` as two different votes; strict merges them.
+
+Each comparison runs under a timeout (`timeout_s`, whole seconds): a timeout counts as not
+equivalent and is added to `timeouts`. math-verify times out with `signal.alarm`, which only
+works on the main thread, so a call from any other thread is run in a worker process (where it
+is on that process's main thread).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import re
+import threading
+from concurrent.futures import ProcessPoolExecutor
+from itertools import product
+from typing import Callable, Protocol
+
+from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+from math_verify.errors import TimeoutException
+from math_verify.utils import timeout
+
+from ...build.errors import FathomError
+
+GRADER_NAMES = ("strict", "fathom-r1")
+DEFAULT_TIMEOUT_S = 5
+
+
+class Grader(Protocol):
+    name: str
+
+    def equivalent(self, answer: str | None, gold: str) -> bool: ...
+
+    def vote_key(self, answer: str) -> str: ...
+
+
+def get_grader(name: str, timeout_s: int = DEFAULT_TIMEOUT_S) -> Grader:
+    """A fresh grader (its own timeout count) by --grader word."""
+    if name == "strict":
+        return StrictGrader(timeout_s)
+    if name == "fathom-r1":
+        return FathomR1Grader(timeout_s)
+    raise FathomError(f"--grader {name!r}: expected one of {', '.join(GRADER_NAMES)}")
+
+
+# A comparison: (answer, gold, timeout_s) or (answer, timeout_s) -> (value, timed_out).
+Comparison = Callable[..., tuple]
+
+
+class _TimedGrader:
+    """Runs comparisons under a timeout and counts the ones that ran out of time."""
+
+    def __init__(self, timeout_s: int):
+        if not isinstance(timeout_s, int) or timeout_s < 1:
+            raise FathomError(f"grader timeout_s {timeout_s!r}: expected whole seconds >= 1")
+        self.timeout_s = timeout_s
+        self.timeouts = 0
+        self._lock = threading.Lock()
+        self._worker: ProcessPoolExecutor | None = None
+
+    def _run(self, comparison: Comparison, *args):
+        if threading.current_thread() is threading.main_thread():
+            value, timed_out = comparison(*args, self.timeout_s)
+        else:
+            with self._lock:
+                if self._worker is None:
+                    spawn = multiprocessing.get_context("spawn")
+                    self._worker = ProcessPoolExecutor(max_workers=1, mp_context=spawn)
+            value, timed_out = self._worker.submit(comparison, *args, self.timeout_s).result()
+        if timed_out:
+            with self._lock:
+                self.timeouts += 1
+        return value
+
+
+class StrictGrader(_TimedGrader):
+    name = "strict"
+
+    def equivalent(self, answer: str | None, gold: str) -> bool:
+        if answer is None or not answer.strip():
+            return False
+        return self._run(_strict_equivalent, answer, gold)
+
+    def vote_key(self, answer: str) -> str:
+        return self._run(_strict_vote_key, answer)
+
+
+class FathomR1Grader(_TimedGrader):
+    name = "fathom-r1"
+
+    def equivalent(self, answer: str | None, gold: str) -> bool:
+        if answer is None or not answer.strip():
+            return False
+        return self._run(_card_equivalent, answer, gold)
+
+    def vote_key(self, answer: str) -> str:
+        return answer
+
+
+# --- strict: math-verify -------------------------------------------------------------------
+
+# Both sides are given to math-verify inside \boxed{}, its highest-priority LaTeX anchor; plain
+# expressions (`1/2`) are read as well.
+_MATH_VERIFY_EXTRACTION = (LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig())
+_VOTE_DIGITS = 12
+
+
+def _parse_boxed(latex: str, timeout_s: int) -> list:
+    """math-verify's parse of `latex` (sympy values, then the string); [] when it fails."""
+    try:
+        return parse(f"\\boxed{{{latex}}}", _MATH_VERIFY_EXTRACTION, parsing_timeout=timeout_s,
+                     raise_on_error=True)
+    except Exception:  # unparseable: nothing to compare (TimeoutException is not an Exception)
+        return []
+
+
+def _strict_equivalent(answer: str, gold: str, timeout_s: int) -> tuple[bool, bool]:
+    try:
+        golds, answers = _parse_boxed(gold, timeout_s), _parse_boxed(answer, timeout_s)
+    except TimeoutException:
+        return False, True
+    timed_out = False
+    for parsed_gold, parsed_answer in product(golds, answers):
+        try:
+            if verify(parsed_gold, parsed_answer, timeout_seconds=timeout_s, raise_on_error=True):
+                return True, timed_out
+        except TimeoutException:
+            timed_out = True
+        except Exception:  # sympy cannot compare these two: not an equivalence
+            continue
+    return False, timed_out
+
+
+def _strict_vote_key(answer: str, timeout_s: int) -> tuple[str, bool]:
+    plain = "".join(answer.split())
+    try:
+        parsed = _parse_boxed(answer, timeout_s)
+    except TimeoutException:
+        return plain, True
+    value = _first_value(parsed)
+    if value is None:
+        return plain, False
+    try:
+        return timeout(timeout_s)(_canonical)(value), False
+    except TimeoutException:
+        return plain, True
+    except Exception:  # no canonical form (sympy raised): the answer's own text votes
+        return plain, False
+
+
+def _canonical(value) -> str:
+    """One string per value: numbers to 12 significant digits, sets sorted, else simplified."""
+    import sympy
+
+    if isinstance(value, sympy.FiniteSet):
+        return "{" + ",".join(sorted(_canonical(v) for v in value.args)) + "}"
+    if isinstance(value, sympy.Tuple):
+        return "(" + ",".join(_canonical(v) for v in value.args) + ")"
+    if getattr(value, "is_number", False):
+        return str(sympy.N(value, _VOTE_DIGITS))
+    return str(sympy.simplify(value))
+
+
+# --- fathom-r1: the model card's rules ----------------------------------------------------
+
+_CARD_ABS_TOL = 1e-4
+_CARD_PERCENT_SCALES = (1.0, 100.0, 0.01)
+_CARD_REMOVED = ("\\left", "\\right", "\\!", "\\,", "\\;", "\\ ", "^{\\circ}", "^\\circ", "\\%",
+                 "%", "\\$", "$")
+_TRAILING_UNIT = re.compile(r"\\(?:text|mbox|mathrm)\{[^{}]*\}$")
+_TEXT_WRAPPER = re.compile(r"\\(?:text|mbox|mathrm|textbf|mathbf)\{([^{}]*)\}")
+_SHORT_LHS = re.compile(r"^[A-Za-z]\w?\s*=(?!=)")
+_FRAC_DIGITS = re.compile(r"\\frac(\d)(\d)")
+_SQRT_DIGIT = re.compile(r"\\sqrt(\d)")
+_THOUSANDS = re.compile(r"^-?\d{1,3}(,\d{3})+(\.\d+)?$")
+
+
+def _card_normalize(text: str) -> str:
+    text = text.strip().replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    for token in _CARD_REMOVED:
+        text = text.replace(token, "")
+    without_unit = _TRAILING_UNIT.sub("", text).strip()
+    text = without_unit or text
+    text = _TEXT_WRAPPER.sub(r"\1", text)
+    text = _SHORT_LHS.sub("", text)
+    text = _FRAC_DIGITS.sub(r"\\frac{\1}{\2}", text)
+    text = _SQRT_DIGIT.sub(r"\\sqrt{\1}", text)
+    return "".join(text.split()).rstrip(".")
+
+
+def _card_number(text: str) -> float | None:
+    if _THOUSANDS.match(text):
+        text = text.replace(",", "")
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _top_level_items(text: str) -> list[str]:
+    """`text` split on commas outside (), [] and {}."""
+    items, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    items.append(text[start:])
+    return items
+
+
+def _card_equivalent(answer: str, gold: str, timeout_s: int) -> tuple[bool, bool]:
+    return _card_match(_card_normalize(answer), _card_normalize(gold), timeout_s, as_list=True)
+
+
+def _card_match(answer: str, gold: str, timeout_s: int, as_list: bool) -> tuple[bool, bool]:
+    if answer.lower() == gold.lower():
+        return True, False
+    timed_out = False
+    answer_items, gold_items = _top_level_items(answer), _top_level_items(gold)
+    if as_list and len(answer_items) > 1 and len(answer_items) == len(gold_items):
+        unmatched = list(gold_items)
+        for item in answer_items:
+            match = None
+            for candidate in unmatched:
+                equal, item_timed_out = _card_match(item, candidate, timeout_s, as_list=False)
+                timed_out |= item_timed_out
+                if equal:
+                    match = candidate
+                    break
+            if match is None:
+                break
+            unmatched.remove(match)
+        if not unmatched:
+            return True, timed_out
+    answer_number, gold_number = _card_number(answer), _card_number(gold)
+    if answer_number is not None and gold_number is not None:
+        close = any(abs(answer_number - gold_number * scale) <= _CARD_ABS_TOL
+                    for scale in _CARD_PERCENT_SCALES)
+        return close, timed_out
+    equal, symbolic_timed_out = _card_symbolic(answer, gold, timeout_s)
+    return equal, timed_out or symbolic_timed_out
+
+
+def _card_symbolic(answer: str, gold: str, timeout_s: int) -> tuple[bool, bool]:
+    try:
+        answer_value = _first_value(_parse_boxed(answer, timeout_s))
+        gold_value = _first_value(_parse_boxed(gold, timeout_s))
+        if answer_value is None or gold_value is None:
+            return False, False
+        return timeout(timeout_s)(_same_value)(answer_value, gold_value), False
+    except TimeoutException:
+        return False, True
+    except Exception:  # sympy cannot compare these two: not an equivalence
+        return False, False
+
+
+def _first_value(parsed: list):
+    return next((p for p in parsed if not isinstance(p, str)), None)
+
+
+def _same_value(answer, gold) -> bool:
+    import sympy
+
+    if answer == gold or sympy.simplify(answer - gold) == 0:
+        return True
+    return abs(complex(sympy.N(answer)) - complex(sympy.N(gold))) <= _CARD_ABS_TOL
