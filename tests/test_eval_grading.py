@@ -61,6 +61,9 @@ EQUIVALENCE_CASES = [
     ("\\$18.90", "18.90", True, True),
     ("1,000", "1000", True, True),
     ("50", "0.5", False, True),  # fathom-r1: a number also accepted at 100x and 1/100
+    ("6300", "63", False, True),
+    ("12345678901234567891", "12345678901234567890", False, False),  # compared exactly
+    ("2^{25} \\cdot 26! + 1", "2^{25} \\cdot 26!", False, False),
     ("x=5", "5", True, True),
     ("\\text{no}", "5", False, False),
     (None, "70", False, False),
@@ -87,6 +90,7 @@ def test_strict_votes_on_value_fathom_r1_on_raw_string():
     assert strict.vote_key("070") == strict.vote_key("70")
     assert strict.vote_key("3, 1, 2") == strict.vote_key("1,2,3")
     assert strict.vote_key("71") != strict.vote_key("70")
+    assert strict.vote_key("12345678901234567891") != strict.vote_key("12345678901234567890")
     assert card.vote_key("\\frac12") == "\\frac12" != card.vote_key("0.5")
 
 

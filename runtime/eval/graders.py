@@ -7,14 +7,14 @@ intervals or equations: integers with leading zeros, `\\dfrac`/`a/b`/decimals, s
 units and degree signs. Its majority vote groups answers by a canonical form of the parsed value,
 so `\\frac12` and `0.5` vote together.
 
-`fathom-r1` follows the rules the Fathom-R1-14B model card's evaluation applies
-(github.com/FractalAIResearchLabs/Fathom-R1, eval/), so scores compare with its table:
-answers are normalized (spacing, `\\left`/`\\right`, `\\dfrac`, `$`, `%`, degree signs, a
-trailing `\\text{unit}`, a leading `x=`), then equal ignoring case, or, when both contain commas,
-equal as unordered lists item by item; when both are plain numbers they must agree within an
-absolute 1e-4, the answer also being accepted at 100x and 1/100 of the gold; otherwise they are
-parsed as LaTeX and must simplify to the same value (or agree numerically within 1e-4). Its
-majority vote counts the raw answer strings.
+`fathom-r1` follows the rules of the Fathom-R1-14B model card's evaluation
+(github.com/FractalAIResearchLabs/Fathom-R1, eval/), so scores compare with its table. Answers
+are normalized (spacing, `\\left`/`\\right`, `\\dfrac`, `$`, `%`, degree signs, a trailing
+`\\text{unit}`, a leading `x=`), then they match when they are equal ignoring case; or, when both
+contain top-level commas, as unordered lists item by item; or, when both are plain numbers,
+within an absolute 1e-4 (compared exactly, not in floating point), the answer also being
+accepted at 100x and 1/100 of the gold; otherwise, parsed as LaTeX, when their difference
+simplifies to 0 or evaluates within 1e-4 of it. Its majority vote counts the raw answer strings.
 
 Where the two differ:
 - percentages: fathom-r1 accepts 50 for a gold of 0.5 (and 0.5 for 50); strict does not.
@@ -37,6 +37,7 @@ import multiprocessing
 import re
 import threading
 from concurrent.futures import ProcessPoolExecutor
+from fractions import Fraction
 from itertools import product
 from typing import Callable, Protocol
 
@@ -67,10 +68,6 @@ def get_grader(name: str, timeout_s: int = DEFAULT_TIMEOUT_S) -> Grader:
     raise FathomError(f"--grader {name!r}: expected one of {', '.join(GRADER_NAMES)}")
 
 
-# A comparison: (answer, gold, timeout_s) or (answer, timeout_s) -> (value, timed_out).
-Comparison = Callable[..., tuple]
-
-
 class _TimedGrader:
     """Runs comparisons under a timeout and counts the ones that ran out of time."""
 
@@ -82,7 +79,8 @@ class _TimedGrader:
         self._lock = threading.Lock()
         self._worker: ProcessPoolExecutor | None = None
 
-    def _run(self, comparison: Comparison, *args):
+    def _run(self, comparison: Callable[..., tuple], *args):
+        """comparison(*args, timeout_s) -> (value, timed_out): the value; the timeout counted."""
         if threading.current_thread() is threading.main_thread():
             value, timed_out = comparison(*args, self.timeout_s)
         else:
@@ -173,13 +171,16 @@ def _strict_vote_key(answer: str, timeout_s: int) -> tuple[str, bool]:
 
 
 def _canonical(value) -> str:
-    """One string per value: numbers to 12 significant digits, sets sorted, else simplified."""
+    """One string per value: integers exact, other numbers to 12 significant digits, sets
+    sorted, anything else simplified."""
     import sympy
 
     if isinstance(value, sympy.FiniteSet):
         return "{" + ",".join(sorted(_canonical(v) for v in value.args)) + "}"
     if isinstance(value, sympy.Tuple):
         return "(" + ",".join(_canonical(v) for v in value.args) + ")"
+    if isinstance(value, sympy.Integer):
+        return str(value)
     if getattr(value, "is_number", False):
         return str(sympy.N(value, _VOTE_DIGITS))
     return str(sympy.simplify(value))
@@ -187,8 +188,8 @@ def _canonical(value) -> str:
 
 # --- fathom-r1: the model card's rules ----------------------------------------------------
 
-_CARD_ABS_TOL = 1e-4
-_CARD_PERCENT_SCALES = (1.0, 100.0, 0.01)
+_CARD_ABS_TOL = Fraction(1, 10_000)
+_CARD_PERCENT_SCALES = (Fraction(1), Fraction(100), Fraction(1, 100))
 _CARD_REMOVED = ("\\left", "\\right", "\\!", "\\,", "\\;", "\\ ", "^{\\circ}", "^\\circ", "\\%",
                  "%", "\\$", "$")
 _TRAILING_UNIT = re.compile(r"\\(?:text|mbox|mathrm)\{[^{}]*\}$")
@@ -212,12 +213,13 @@ def _card_normalize(text: str) -> str:
     return "".join(text.split()).rstrip(".")
 
 
-def _card_number(text: str) -> float | None:
+def _card_number(text: str) -> Fraction | None:
+    """The exact value of a plain decimal number (`1,000` included); None for anything else."""
     if _THOUSANDS.match(text):
         text = text.replace(",", "")
     try:
-        return float(text)
-    except ValueError:
+        return Fraction(text)
+    except (ValueError, ZeroDivisionError):
         return None
 
 
@@ -291,4 +293,4 @@ def _same_value(answer, gold) -> bool:
 
     if answer == gold or sympy.simplify(answer - gold) == 0:
         return True
-    return abs(complex(sympy.N(answer)) - complex(sympy.N(gold))) <= _CARD_ABS_TOL
+    return abs(complex(sympy.N(answer - gold))) <= _CARD_ABS_TOL
