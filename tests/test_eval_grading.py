@@ -1,4 +1,4 @@
-"""Answer extraction, the strict and fathom-r1 graders, and the accuracy metrics of `fathom eval`."""
+"""Answer extraction, the strict and fathom-r1 graders, and the accuracy metrics of fathom eval."""
 
 from __future__ import annotations
 

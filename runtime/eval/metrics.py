@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ...build.errors import FathomError
 from ..metrics import percentile
-from .graders import Grader
+
+if TYPE_CHECKING:
+    from .graders import Grader
 
 _Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
@@ -41,7 +44,7 @@ class ProblemSamples:
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Probability that at least one of k samples drawn from n (c of them correct) is correct."""
     if n < 1 or not 0 <= c <= n:
-        raise FathomError(f"pass@k: expected 0 <= correct <= samples and samples >= 1, got c={c}, n={n}")
+        raise FathomError(f"pass@k: expected samples n >= 1 and 0 <= correct c <= n, got c={c}, n={n}")
     if not 1 <= k <= n:
         raise FathomError(f"pass@k k={k}: expected 1 <= k <= samples per problem ({n})")
     if n - c < k:
@@ -78,8 +81,8 @@ def summarize(problems: list[ProblemSamples], grader: Grader) -> dict:
     for p in problems:
         lengths = {len(p.answers), len(p.correct), len(p.output_tokens), len(p.truncated)}
         if len(lengths) != 1 or not p.answers:
-            raise FathomError(f"problem {p.problem_id}: expected the same number (>= 1) of answers, "
-                              "correct, output_tokens and truncated entries")
+            raise FathomError(f"problem {p.problem_id}: expected the same number (>= 1) of "
+                              "answers, correct, output_tokens and truncated entries")
     n = min(len(p.answers) for p in problems)
     accuracies = [sum(p.correct) / len(p.correct) for p in problems]
     pass1 = sum(accuracies) / len(accuracies)
