@@ -44,7 +44,8 @@ class ProblemSamples:
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Probability that at least one of k samples drawn from n (c of them correct) is correct."""
     if n < 1 or not 0 <= c <= n:
-        raise FathomError(f"pass@k: expected samples n >= 1 and 0 <= correct c <= n, got c={c}, n={n}")
+        raise FathomError(f"pass@k: expected samples n >= 1 and 0 <= correct c <= n, "
+                          f"got c={c}, n={n}")
     if not 1 <= k <= n:
         raise FathomError(f"pass@k k={k}: expected 1 <= k <= samples per problem ({n})")
     if n - c < k:
