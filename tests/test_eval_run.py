@@ -170,7 +170,7 @@ def test_regrade(tmp_path):
     result = regrade(path, "strict")
     assert [r["correct"] for r in result["samples"]] == [True, False, False]
     assert [r["extracted"] for r in result["samples"]] == ["70", "71", None]
-    assert result["metrics"]["problems"] == 2 and result["metrics"]["pass@1"] == pytest.approx(1 / 3)
+    assert result["metrics"]["problems"] == 2 and result["metrics"]["pass@1"] == pytest.approx((1 / 2 + 0) / 2)  # mean over problems
 
 
 @pytest.mark.parametrize("rows, message", [
