@@ -277,6 +277,7 @@ COMPARE_COLUMNS = [
     ("label", "run"), ("precision", "prec"), ("gpu", "gpu"), ("output_throughput_tok_per_s", "out tok/s"),
     ("speedup_x", "x base"), ("median_ttft_ms", "TTFT p50 ms"), ("mean_tpot_ms", "TPOT ms"),
     ("peak_gpu_mem_gib", "GPU mem GiB"), ("gpu_mem_x", "mem x base"), ("peak_rss_gib", "RSS GiB"),
-    ("energy_per_output_token_j", "J/tok"), ("accuracy", "accuracy"), ("accuracy_delta", "acc delta"), ("cons@n", "cons@n"),
+    ("energy_per_output_token_j", "J/tok"), ("accuracy", "accuracy"), ("accuracy_delta", "acc delta"),
+    ("cons@n", "cons@n"),
     ("top1_agreement", "top-1 agree"), ("kl_mean", "KL mean"),
 ]

@@ -48,7 +48,8 @@ def test_builtins_load():
 
 
 def test_file_ids_optional(tmp_path):
-    path = write_jsonl(tmp_path / "p.jsonl", [{"problem": "1+1?", "answer": 2}, {"problem": "x?", "answer": "\\frac{1}{2}"}])
+    path = write_jsonl(tmp_path / "p.jsonl", [{"problem": "1+1?", "answer": 2},
+                                              {"problem": "x?", "answer": "\\frac{1}{2}"}])
     assert load_problems(path) == [Problem("1", "1+1?", "2"), Problem("2", "x?", "\\frac{1}{2}")]
 
 
@@ -102,7 +103,8 @@ def test_in_process_eval_writes_samples_and_metrics(demo_runtime, tmp_path):
     problems = load_problems("builtin:demo", limit=3)
     result = run_eval(ExecutorBackend(ex, tok), tok, problems, OPTIONS, out=str(out))
     rows = read_rows(out)
-    assert len(rows) == 9 and {(r["problem_id"], r["sample"]) for r in rows} == {(p.id, k) for p in problems for k in range(3)}
+    assert len(rows) == 9
+    assert {(r["problem_id"], r["sample"]) for r in rows} == {(p.id, k) for p in problems for k in range(3)}
     first = next(r for r in rows if r["problem_id"] == "1" and r["sample"] == 0)
     assert set(first) == {"problem_id", "sample", "problem", "answer", "completion", "extracted", "correct",
                           "output_tokens", "truncated"}
@@ -170,7 +172,8 @@ def test_regrade(tmp_path):
     result = regrade(path, "strict")
     assert [r["correct"] for r in result["samples"]] == [True, False, False]
     assert [r["extracted"] for r in result["samples"]] == ["70", "71", None]
-    assert result["metrics"]["problems"] == 2 and result["metrics"]["pass@1"] == pytest.approx((1 / 2 + 0) / 2)  # mean over problems
+    assert result["metrics"]["problems"] == 2
+    assert result["metrics"]["pass@1"] == pytest.approx((1 / 2 + 0) / 2)  # the mean over problems
 
 
 @pytest.mark.parametrize("rows, message", [

@@ -35,8 +35,10 @@ def _grader_names():
 @click.option("--api-key", default=None, envvar="OPENAI_API_KEY", help="--endpoint: bearer key.")
 @click.option("--concurrency", type=click.IntRange(1), default=16, show_default=True,
               help="--endpoint: requests in flight.")
-@click.option("--grader", default="strict", show_default=True, help="strict (math-verify) or fathom-r1 (the card's rules).")
-@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Samples JSONL, one line per sample as it finishes.")
+@click.option("--grader", default="strict", show_default=True,
+              help="strict (math-verify) or fathom-r1 (the card's rules).")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Samples JSONL, one line per sample as it finishes.")
 @click.option("--resume", is_flag=True, help="Continue --out: samples already there are not drawn again.")
 @click.option("--regrade", type=click.Path(dir_okay=False), default=None, metavar="SAMPLES.jsonl",
               help="Grade recorded samples ({\"answer\", \"completion\"[, \"problem\"]} per line); no model.")
@@ -131,7 +133,8 @@ def metrics_lines(m: dict) -> list[str]:
              "  problem           correct  majority (ok)"]
     for p in m["per_problem"]:
         mark = "yes" if p["majority_correct"] else "no"
-        lines.append(f"    {str(p['id']):<15} {p['correct']:>3}/{p['samples']:<3}  {p['majority']} ({mark}; gold {p['gold']})")
+        lines.append(f"    {str(p['id']):<15} {p['correct']:>3}/{p['samples']:<3}  "
+                     f"{p['majority']} ({mark}; gold {p['gold']})")
     return lines
 
 

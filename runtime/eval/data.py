@@ -43,7 +43,8 @@ class Problem:
 
 
 def _text(value, where: str, field: str) -> str:
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)) or (isinstance(value, str) and not value.strip()):
+    if (isinstance(value, bool) or not isinstance(value, (str, int, float))
+            or (isinstance(value, str) and not value.strip())):
         raise DataError(f"{where}: field '{field}' must be a non-empty string or a number, got {value!r}")
     return str(value)
 

@@ -90,6 +90,7 @@ def group_rows(rows: list[dict]) -> list[ProblemSamples]:
         group = sorted(group, key=lambda r: r.get("sample", 0))
         out.append(ProblemSamples(
             problem_id=pid, gold=str(group[0]["answer"]), answers=[r["extracted"] for r in group],
-            correct=[bool(r["correct"]) for r in group], output_tokens=[int(r.get("output_tokens") or 0) for r in group],
+            correct=[bool(r["correct"]) for r in group],
+            output_tokens=[int(r.get("output_tokens") or 0) for r in group],
             truncated=[bool(r.get("truncated")) for r in group]))
     return out
