@@ -197,6 +197,10 @@ def test_endpoint_against_fathom_serve(demo_runtime, tmp_path):
         result = run_eval(EndpointBackend(url, "demo", concurrency=2), tok, problems, OPTIONS, out=str(out))
         with pytest.raises(FathomError, match="HTTP 404"):
             run_eval(EndpointBackend(url, "other"), tok, problems[:1], OPTIONS)
+        cli = CliRunner().invoke(main, ["eval", "demo", "--endpoint", url, "--data", "builtin:demo", "-n", "2",
+                                        "--limit", "1", "--max-new-tokens", "96", "--no-record", "--json"])
+    assert cli.exit_code == 0, cli.output
+    assert json.loads(cli.output)["metrics"]["samples"] == 2
     rows = read_rows(out)
     assert len(rows) == 6 and all(r["output_tokens"] > 0 and r["truncated"] is False for r in rows)
     assert result["metrics"]["samples"] == 6 and result["metrics"]["pass@1"] >= 0.5
