@@ -18,10 +18,13 @@ from .records import get
 
 GROUP_BY = ("gpu", "precision", "executor")  # bench_row fields a report can group by
 GIB = 2**30
-# Accuracy axis of `compare`, preferred first -> the metrics fields that give it. A quality record
-# (fathom.runtime.quality) compares a candidate with a base: `task_accuracy_candidate` is the
+# Accuracy axis of `compare`, preferred first -> the record kind and the metrics fields that give
+# it. An eval record (fathom.runtime.eval) holds sampled accuracy on math problems; a quality
+# record (fathom.runtime.quality) compares a candidate with a base: `task_accuracy_candidate` is the
 # candidate's own accuracy, `task_accuracy_base` the base's.
-ACCURACY_FIELDS = {"task_accuracy": ("task_accuracy", "task_accuracy_candidate"), "top1_agreement": ("top1_agreement",)}
+ACCURACY_FIELDS = {"pass@1": ("eval", ("pass@1",)),
+                   "task_accuracy": ("quality", ("task_accuracy", "task_accuracy_candidate")),
+                   "top1_agreement": ("quality", ("top1_agreement",))}
 
 
 def gpu_label(record: dict) -> str:
@@ -204,24 +207,26 @@ def format_report(groups: dict[str, list[dict]], style: str, group_by: str | Non
 # ---- compare ---------------------------------------------------------------------------------
 @dataclass
 class Subject:
-    """One side of a comparison: its latest bench record and its latest quality/eval record."""
+    """One side of a comparison: its latest bench, quality and eval records."""
 
     label: str
     bench: dict | None
     quality: dict | None
+    eval: dict | None = None
 
 
 def subject_from_records(label: str, records: list[dict]) -> Subject:
-    bench = [r for r in records if r.get("kind") == "bench"]
-    quality = [r for r in records if r.get("kind") in ("quality", "eval")]
-    if not bench and not quality:
+    latest = {kind: next((r for r in reversed(records) if r.get("kind") == kind), None)
+              for kind in ("bench", "quality", "eval")}
+    if not any(latest.values()):
         raise FathomError(f"{label}: no bench, quality or eval records")
-    return Subject(label, bench[-1] if bench else None, quality[-1] if quality else None)
+    return Subject(label, latest["bench"], latest["quality"], latest["eval"])
 
 
 def subject_accuracy(s: Subject, key: str) -> float | None:
-    values = [get(s.quality or {}, f"metrics.{f}") for f in ACCURACY_FIELDS[key]]
-    return next((v for v in values if v is not None), None)
+    kind, fields = ACCURACY_FIELDS[key]
+    record = (s.eval if kind == "eval" else s.quality) or {}
+    return next((v for v in (get(record, f"metrics.{f}") for f in fields) if v is not None), None)
 
 
 def accuracy_key(subjects: list[Subject]) -> str | None:
@@ -237,7 +242,8 @@ def compare(base: Subject, candidates: list[Subject]) -> list[dict]:
         b, q = s.bench or {}, s.quality or {}
         rows.append({
             "label": s.label,
-            "precision": get(b, "environment.precision") or get(q, "environment.precision"),
+            "precision": (get(b, "environment.precision") or get(q, "environment.precision")
+                          or get(s.eval or {}, "environment.precision")),
             "gpu": gpu_label(b) if b else None,
             "output_throughput_tok_per_s": get(b, "metrics.output_throughput_tok_per_s"),
             "median_ttft_ms": get(b, "metrics.median_ttft_ms"),
@@ -249,6 +255,7 @@ def compare(base: Subject, candidates: list[Subject]) -> list[dict]:
             "accuracy": subject_accuracy(s, acc) if acc else None,
             "top1_agreement": get(q, "metrics.top1_agreement"),
             "kl_mean": get(q, "metrics.kl_mean"),
+            "cons@n": get(s.eval or {}, "metrics.cons@n"),
         })
     ref = rows[0]
     if acc == "task_accuracy" and ref["accuracy"] is None:  # the base measured inside a candidate's record
@@ -271,5 +278,6 @@ COMPARE_COLUMNS = [
     ("speedup_x", "x base"), ("median_ttft_ms", "TTFT p50 ms"), ("mean_tpot_ms", "TPOT ms"),
     ("peak_gpu_mem_gib", "GPU mem GiB"), ("gpu_mem_x", "mem x base"), ("peak_rss_gib", "RSS GiB"),
     ("energy_per_output_token_j", "J/tok"), ("accuracy", "accuracy"), ("accuracy_delta", "acc delta"),
+    ("cons@n", "cons@n"),
     ("top1_agreement", "top-1 agree"), ("kl_mean", "KL mean"),
 ]

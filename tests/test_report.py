@@ -100,6 +100,24 @@ def test_compare_reads_the_base_accuracy_from_a_candidates_quality_record():
     assert rows[1]["accuracy_delta"] == pytest.approx(-0.05) and rows[0]["top1_agreement"] is None
 
 
+def test_compare_prefers_eval_pass_at_1_and_shows_cons_at_n(tmp_path):
+    evals = [records.make_record("eval", {"spec": "demo"}, {}, {"pass@1": p1, "cons@n": cons},
+                                 records.environment({"precision": prec}))
+             for prec, p1, cons in (("bf16", 0.90, 1.0), ("fp8", 0.85, 0.75))]
+    files = []
+    for prec, ev in zip(("bf16", "fp8"), evals):
+        files.append(tmp_path / f"{prec}.jsonl")
+        records.append_record(bench(precision=prec, tok_s=100.0), files[-1])
+        records.append_record(ev, files[-1])
+        records.append_record(quality(prec, top1_agreement=0.9), files[-1])  # a later quality record
+    subjects = [report.subject_from_records(f.stem, records.read_records(f)) for f in files]
+    rows = report.compare(subjects[0], subjects[1:])
+    assert rows[1]["accuracy_metric"] == "pass@1" and rows[1]["accuracy_delta"] == pytest.approx(-0.05)
+    assert [r["cons@n"] for r in rows] == [1.0, 0.75] and rows[1]["top1_agreement"] == 0.9
+    res = CliRunner().invoke(main, ["compare", str(files[0]), str(files[1])])
+    assert res.exit_code == 0 and "accuracy (pass@1)" in res.output and "cons@n" in res.output
+
+
 def test_pareto_front_keeps_points_no_other_point_beats_on_both_axes():
     pts = [(100, 0.80), (180, 0.78), (150, 0.70), (90, 0.85)]
     assert plots.pareto_front(pts, y_higher_is_better=True) == [True, True, False, True]

@@ -18,7 +18,7 @@ from fathom.build.errors import FathomError
 from fathom.runtime import version
 
 # Each module exposes COMMANDS: a list of click commands, registered in this order.
-COMMAND_MODULES = ("demo_cmd", "model_cmds", "serve_cmd", "build_cmds", "quality_cmd", "engine_cmds", "bench_cmds", "export_cmds")
+COMMAND_MODULES = ("demo_cmd", "model_cmds", "serve_cmd", "build_cmds", "quality_cmd", "eval_cmd", "engine_cmds", "bench_cmds", "export_cmds")
 
 
 class FathomGroup(click.Group):

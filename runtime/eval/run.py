@@ -1,0 +1,116 @@
+"""`fathom eval`: sample every problem n times, grade each sample, summarize (pass@1, pass@k, cons@n).
+
+Defaults are the model card's protocol (github.com/FractalAIResearchLabs/Fathom-R1, eval/readme.md):
+64 samples per problem, temperature 0.6, top_p 0.95, up to 16,384 output tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from dataclasses import asdict, dataclass
+
+from fathom.build.errors import FathomError
+from fathom.runtime.sampling import SamplingParams
+
+from .backends import SampleJob
+from .data import Problem
+from .graders import get_grader
+from .metrics import summarize
+from .samples import SamplesWriter, graded_row, group_rows, read_finished
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    samples: int = 64
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_new_tokens: int = 16384
+    seed: int = 0
+    grader: str = "strict"
+
+    def __post_init__(self) -> None:
+        if self.samples < 1:
+            raise FathomError(f"--samples {self.samples}: expected >= 1")
+        self.sampling()  # checks temperature, top_p, max_new_tokens
+
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p)
+
+
+def sample_seed(seed: int, problem_id: str, sample: int) -> int:
+    """The seed of one sample: a hash of (--seed, problem, sample), so a resumed or reordered run
+    draws each sample exactly as the first run did."""
+    digest = hashlib.sha256(f"{seed}|{problem_id}|{sample}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def render_prompt(tokenizer, problem: Problem) -> tuple[str, list[int]]:
+    """(text, token ids) of the problem's chat prompt with the generation prompt."""
+    from fathom.runtime.chat import raw_prompt_ids
+
+    if not getattr(tokenizer, "chat_template", None):
+        raise FathomError("tokenizer has no chat_template; eval prompts are chat prompts (pass --tokenizer DIR)")
+    text = tokenizer.apply_chat_template(problem.messages(), tokenize=False, add_generation_prompt=True)
+    return text, raw_prompt_ids(tokenizer, text)
+
+
+def _resumed_rows(out: str | None, resume: bool, problems: list[Problem], options: EvalOptions) -> list[dict]:
+    if not resume:
+        return []
+    if out is None:
+        raise FathomError("--resume: continues an --out file; give --out FILE")
+    wanted = {(p.id, k) for p in problems for k in range(options.samples)}
+    rows = [r for r in read_finished(out) if (str(r["problem_id"]), r["sample"]) in wanted]
+    gold = {p.id: p.answer for p in problems}
+    for r in rows:
+        if str(r.get("answer")) != gold[str(r["problem_id"])]:
+            raise FathomError(f"--resume {out}: problem {r['problem_id']} has gold answer {r.get('answer')!r} "
+                              f"there, {gold[str(r['problem_id'])]!r} in --data; not the same data set")
+    return rows
+
+
+def run_eval(backend, tokenizer, problems: list[Problem], options: EvalOptions, out: str | None = None,
+             resume: bool = False, progress: bool = False) -> dict:
+    """Sample, grade and summarize. Every sample is appended to `out` as it finishes; with
+    `resume`, samples already in `out` are kept and not drawn again. Returns
+    {"parameters", "metrics", "out"}; metrics are `metrics.summarize`'s."""
+    grader = get_grader(options.grader)
+    rows = _resumed_rows(out, resume, problems, options)
+    done = {(str(r["problem_id"]), r["sample"]) for r in rows}
+    writer = SamplesWriter(out, resume)
+    jobs = []
+    for p in problems:
+        missing = [k for k in range(options.samples) if (p.id, k) not in done]
+        if missing:
+            text, ids = render_prompt(tokenizer, p)
+            jobs += [SampleJob(p, k, text, ids, sample_seed(options.seed, p.id, k)) for k in missing]
+    from tqdm import tqdm
+
+    correct = sum(bool(r["correct"]) for r in rows)
+    bar = tqdm(total=len(problems) * options.samples, initial=len(rows), file=sys.stderr, disable=not progress,
+               unit="sample", dynamic_ncols=True)
+    try:
+        for result in backend.generate(jobs, options.sampling()):
+            job = result.job
+            row = graded_row(job.problem.id, job.sample, job.problem.problem, job.problem.answer, result.completion,
+                             result.output_tokens, result.finish_reason == "length", grader)
+            writer.write(row)
+            rows.append(row)
+            correct += row["correct"]
+            bar.update(1)
+            bar.set_postfix_str(f"acc {correct / len(rows):.1%}")
+    finally:
+        bar.close()
+    order = {p.id: i for i, p in enumerate(problems)}
+    rows.sort(key=lambda r: (order[str(r["problem_id"])], r["sample"]))
+    return {"parameters": {**asdict(options), "problems": len(problems), "resumed_samples": len(done)},
+            "metrics": summarize(group_rows(rows), grader), "out": out}
+
+
+def eval_record(result: dict, model: dict, executor_info: dict) -> dict:
+    """The shared run-record envelope (fathom.runtime.records) with kind "eval"."""
+    from fathom.runtime.records import environment, make_record
+
+    metrics = {k: v for k, v in result["metrics"].items() if k != "per_problem"}
+    return make_record("eval", model, result["parameters"], metrics, environment(executor_info))

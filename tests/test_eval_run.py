@@ -1,0 +1,234 @@
+"""fathom eval: data and prompts, in-process and endpoint sampling, the samples file, resume, regrade, CLI."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from serve_harness import demo_state, running
+
+from fathom.build.errors import FathomError
+from fathom.runtime.arith import PROMPT_SUFFIX
+from fathom.runtime.cli import main
+from fathom.runtime.cli.common import open_runtime
+from fathom.runtime.eval.backends import EndpointBackend, ExecutorBackend
+from fathom.runtime.eval.data import DEMO_PROBLEMS, Problem, load_problems
+from fathom.runtime.eval.regrade import regrade
+from fathom.runtime.eval.run import EvalOptions, render_prompt, run_eval, sample_seed
+
+# Small and fast: the demo model answers in ~60 tokens.
+OPTIONS = EvalOptions(samples=3, temperature=0.6, top_p=0.95, max_new_tokens=96, seed=7)
+DEMO_ARGS = ["--data", "builtin:demo", "-n", "3", "--limit", "2", "--max-new-tokens", "96", "--seed", "7",
+             "--executor", "torch", "--dtype", "float32", "--device", "cpu", "--no-record"]
+
+
+@pytest.fixture(scope="module")
+def demo_runtime():
+    _, ex, tok = open_runtime("demo", "torch", "float32", "cpu", None, 256, 1, max_num_seqs=8, prefix_reuse=True)
+    return ex, tok
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return str(path)
+
+
+def read_rows(path):
+    return [json.loads(line) for line in open(path)]
+
+
+# ---- data ----------------------------------------------------------------------------------
+def test_builtins_load():
+    aime, hmmt = load_problems("builtin:aime25"), load_problems("builtin:hmmt25")
+    assert len(aime) == 30 and len(hmmt) == 30
+    assert aime[0].id == "1" and aime[0].answer == "70"  # integer answers become text
+    assert load_problems("builtin:hmmt25", limit=4) == hmmt[:4]
+    demo = load_problems("builtin:demo")
+    assert len(demo) == DEMO_PROBLEMS and demo[0].problem.startswith("What is ")
+    assert load_problems("builtin:demo", limit=5) == demo[:5]
+
+
+def test_file_ids_optional(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"problem": "1+1?", "answer": 2},
+                                              {"problem": "x?", "answer": "\\frac{1}{2}"}])
+    assert load_problems(path) == [Problem("1", "1+1?", "2"), Problem("2", "x?", "\\frac{1}{2}")]
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([], "no problems (empty file)"),
+    ([{"answer": "1"}], ":1: field 'problem' missing"),
+    ([{"problem": "a"}], ":1: field 'answer' missing"),
+    ([{"problem": "a", "answer": "1"}, {"problem": "", "answer": "1"}], ":2: field 'problem' must be a non-empty"),
+    ([{"problem": "a", "answer": None}], ":1: field 'answer' must be"),
+    (["[1, 2]"], ":1: expected a JSON object"),
+    (["{not json"], ":1: not valid JSON"),
+    ([{"id": 1, "problem": "a", "answer": 1}, {"id": "1", "problem": "b", "answer": 2}], ":2: id '1' repeats"),
+])
+def test_file_errors_one_line(tmp_path, rows, message):
+    path = write_jsonl(tmp_path / "bad.jsonl", rows)
+    with pytest.raises(FathomError) as e:
+        load_problems(path)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_spec_errors():
+    with pytest.raises(FathomError, match="unknown builtin, expected one of builtin:aime25"):
+        load_problems("builtin:aime24")
+    with pytest.raises(FathomError, match="no such file"):
+        load_problems("missing.jsonl")
+    with pytest.raises(FathomError, match="--limit 0"):
+        load_problems("builtin:aime25", limit=0)
+
+
+# ---- prompts -------------------------------------------------------------------------------
+def test_prompt_is_the_cards(demo_runtime):
+    _, tok = demo_runtime
+    p = load_problems("builtin:aime25")[0]
+    sentence = "Please reason step by step, and put your final answer within \\boxed{}."
+    card = [{"role": "system", "content": sentence}, {"role": "user", "content": sentence + " \n" + p.problem}]
+    assert p.messages() == card
+    text, ids = render_prompt(tok, p)
+    assert text == tok.apply_chat_template(card, tokenize=False, add_generation_prompt=True)
+    assert text.endswith("<think>\n") and ids == tok.encode(text, add_special_tokens=False)
+
+
+def test_demo_prompt_is_the_trained_format():
+    p = load_problems("builtin:demo", limit=1)[0]
+    assert p.messages() == [{"role": "user", "content": f"{p.problem} {PROMPT_SUFFIX}"}]
+
+
+# ---- in-process run, resume --------------------------------------------------------------------
+def test_in_process_eval_writes_samples_and_metrics(demo_runtime, tmp_path):
+    ex, tok = demo_runtime
+    out = tmp_path / "samples.jsonl"
+    problems = load_problems("builtin:demo", limit=3)
+    result = run_eval(ExecutorBackend(ex, tok), tok, problems, OPTIONS, out=str(out))
+    rows = read_rows(out)
+    assert len(rows) == 9
+    assert {(r["problem_id"], r["sample"]) for r in rows} == {(p.id, k) for p in problems for k in range(3)}
+    first = next(r for r in rows if r["problem_id"] == "1" and r["sample"] == 0)
+    assert set(first) == {"problem_id", "sample", "problem", "answer", "completion", "extracted", "correct",
+                          "output_tokens", "truncated"}
+    assert first["problem"] == problems[0].problem and first["answer"] == problems[0].answer
+    assert first["output_tokens"] > 0 and first["truncated"] is False
+    m = result["metrics"]
+    assert m["problems"] == 3 and m["samples"] == 9
+    assert m["pass@1"] == sum(r["correct"] for r in rows) / 9
+    assert m["pass@1"] >= 0.5  # the demo model solves its task
+    assert result["parameters"]["samples"] == 3 and result["parameters"]["resumed_samples"] == 0
+
+
+class CountingBackend:
+    def __init__(self, inner):
+        self.inner, self.jobs = inner, []
+
+    def generate(self, jobs, params):
+        self.jobs += [(j.problem.id, j.sample) for j in jobs]
+        yield from self.inner.generate(jobs, params)
+
+
+def test_resume_after_truncated_file(demo_runtime, tmp_path):
+    ex, tok = demo_runtime
+    problems = load_problems("builtin:demo", limit=2)
+    out = tmp_path / "samples.jsonl"
+    full = run_eval(ExecutorBackend(ex, tok), tok, problems, OPTIONS, out=str(out))
+    lines = out.read_text().splitlines(keepends=True)
+    out.write_text("".join(lines[:2]) + lines[2][:25])  # interrupted in the middle of the third line
+    kept = {(r["problem_id"], r["sample"]) for r in map(json.loads, lines[:2])}
+    counting = CountingBackend(ExecutorBackend(ex, tok))
+    resumed = run_eval(counting, tok, problems, OPTIONS, out=str(out), resume=True)
+    assert len(counting.jobs) == 4 and not kept & set(counting.jobs)
+    assert resumed["parameters"]["resumed_samples"] == 2
+    key = lambda r: (r["problem_id"], r["sample"])  # noqa: E731
+    assert sorted(read_rows(out), key=key) == sorted(map(json.loads, lines), key=key)  # same draws
+    assert resumed["metrics"] == full["metrics"]
+    again = CountingBackend(ExecutorBackend(ex, tok))
+    run_eval(again, tok, problems, OPTIONS, out=str(out), resume=True)
+    assert again.jobs == []
+
+
+def test_resume_needs_out_and_same_data(demo_runtime, tmp_path):
+    ex, tok = demo_runtime
+    problems = load_problems("builtin:demo", limit=1)
+    with pytest.raises(FathomError, match="--resume: continues an --out file"):
+        run_eval(ExecutorBackend(ex, tok), tok, problems, OPTIONS, resume=True)
+    out = write_jsonl(tmp_path / "s.jsonl", [{"problem_id": "1", "sample": 0, "answer": "-1", "correct": False,
+                                              "extracted": None}])
+    with pytest.raises(FathomError, match="not the same data set"):
+        run_eval(ExecutorBackend(ex, tok), tok, problems, OPTIONS, out=out, resume=True)
+
+
+def test_sample_seeds_differ_and_are_stable():
+    seeds = {sample_seed(0, pid, k) for pid in ("1", "2") for k in range(64)}
+    assert len(seeds) == 128 and sample_seed(0, "1", 3) == sample_seed(0, "1", 3) != sample_seed(1, "1", 3)
+
+
+# ---- regrade -------------------------------------------------------------------------------
+def test_regrade(tmp_path):
+    path = write_jsonl(tmp_path / "other.jsonl", [
+        {"problem": "p1", "answer": 70, "completion": "<think>so \\boxed{70}"},
+        {"problem": "p1", "answer": 70, "completion": "The answer is \\boxed{71}."},
+        {"problem": "p2", "answer": "5", "completion": "no box here"},
+    ])
+    result = regrade(path, "strict")
+    assert [r["correct"] for r in result["samples"]] == [True, False, False]
+    assert [r["extracted"] for r in result["samples"]] == ["70", "71", None]
+    assert result["metrics"]["problems"] == 2
+    assert result["metrics"]["pass@1"] == pytest.approx((1 / 2 + 0) / 2)  # the mean over problems
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([], "no samples (empty file)"),
+    ([{"answer": "1"}], ":1: field 'completion' missing"),
+    ([{"completion": "x"}], ":1: field 'answer' missing"),
+    ([{"answer": "1", "completion": 3}], ":1: field 'completion' must be a string"),
+])
+def test_regrade_errors(tmp_path, rows, message):
+    with pytest.raises(FathomError) as e:
+        regrade(write_jsonl(tmp_path / "bad.jsonl", rows))
+    assert message in str(e.value)
+
+
+# ---- endpoint ------------------------------------------------------------------------------
+def test_endpoint_against_fathom_serve(demo_runtime, tmp_path):
+    _, tok = demo_runtime
+    problems = load_problems("builtin:demo", limit=2)
+    out = tmp_path / "endpoint.jsonl"
+    with running(demo_state()) as (url, _):
+        result = run_eval(EndpointBackend(url, "demo", concurrency=2), tok, problems, OPTIONS, out=str(out))
+        with pytest.raises(FathomError, match="HTTP 404"):
+            run_eval(EndpointBackend(url, "other"), tok, problems[:1], OPTIONS)
+        cli = CliRunner().invoke(main, ["eval", "demo", "--endpoint", url, "--data", "builtin:demo", "-n", "2",
+                                        "--limit", "1", "--max-new-tokens", "96", "--no-record", "--json"])
+    assert cli.exit_code == 0, cli.output
+    assert json.loads(cli.output)["metrics"]["samples"] == 2
+    rows = read_rows(out)
+    assert len(rows) == 6 and all(r["output_tokens"] > 0 and r["truncated"] is False for r in rows)
+    assert result["metrics"]["samples"] == 6 and result["metrics"]["pass@1"] >= 0.5
+
+
+# ---- CLI -----------------------------------------------------------------------------------
+def test_cli_eval_json_and_record(tmp_path):
+    out, records = tmp_path / "s.jsonl", tmp_path / "runs.jsonl"
+    args = ["eval", "demo", *DEMO_ARGS[:-1], "--out", str(out), "--records", str(records), "--json"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.output)
+    assert result["metrics"]["samples"] == 6 and len(read_rows(out)) == 6
+    record = json.loads(records.read_text())
+    assert record["kind"] == "eval" and record["model"]["spec"] == "demo"
+    assert record["metrics"]["pass@1"] == result["metrics"]["pass@1"] and "per_problem" not in record["metrics"]
+    assert record["parameters"]["data"] == "builtin:demo" and record["environment"]["executor"] == "torch"
+    text = CliRunner().invoke(main, ["eval", "--regrade", str(out)])
+    assert text.exit_code == 0 and "pass@1" in text.output and "cons@n" in text.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["eval"], "MODEL: missing"),
+    (["eval", "demo", "--resume"], "--resume: continues an --out file"),
+    (["eval", "demo", "--endpoint", "http://127.0.0.1:9", "--executor", "torch"], "--endpoint and --executor"),
+    (["eval", "demo", "--data", "builtin:nope"], "unknown builtin"),
+    (["eval", "demo", "--grader", "loose"], "--grader 'loose'"),
+])
+def test_cli_errors(args, message):
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code != 0 and message in r.output and "Traceback" not in r.output
