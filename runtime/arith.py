@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 from fathom.build.errors import FathomError
 
+from .eval.answers import extract_boxed
+
 # The model card's evaluation instruction (docs/REFERENCE.md, Evaluation protocol).
 PROMPT_SUFFIX = "Please reason step by step, and put your final answer within \\boxed{}."
 MAX_DIGITS = 3
@@ -135,24 +137,6 @@ def worked_solution(problem: Problem) -> str:
         lines.append(f"{x}{op}{y}{op}{carry}: {digit} {word} {out}")
     trace = "\n".join(lines)
     return f"{trace}\n</think>\n\nThe answer is \\boxed{{{problem.answer}}}."
-
-
-def extract_boxed(text: str) -> str | None:
-    """Content of the LAST `\\boxed{...}` in text (nested braces handled); None if there is none
-    or it is not closed. Same rule as the model card's grader (last boxed answer wins)."""
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    i = start + len("\\boxed{")
-    depth = 1
-    for j in range(i, len(text)):
-        if text[j] == "{":
-            depth += 1
-        elif text[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i:j]
-    return None
 
 
 def normalize_answer(answer: str) -> str:

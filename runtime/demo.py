@@ -18,7 +18,7 @@ from typing import Callable
 from fathom.build.precision import WeightFormat
 from fathom.build.sources import ModelSource, resolve_model
 
-from .arith import extract_boxed
+from .eval.answers import extract_boxed
 from .chat import load_tokenizer
 from .executors import create_executor
 from .nvml import host_peak_rss_bytes

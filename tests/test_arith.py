@@ -15,20 +15,6 @@ def test_prompt_suffix_is_the_model_cards_exact_sentence():
     assert p.user_message == "What is 457 + 68? " + arith.PROMPT_SUFFIX
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("so \\boxed{42}.", "42"),
-    ("\\boxed{1} then \\boxed{2}", "2"),  # the last one wins
-    ("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),  # nested braces
-    ("\\boxed{{a}{b}} and more", "{a}{b}"),
-    ("\\boxed{}", ""),
-    ("no answer here", None),
-    ("\\boxed{12", None),  # not closed
-    ("\\boxed{7} \\boxed{8", None),  # the last one is cut off: no answer, not the earlier one
-])
-def test_extract_boxed(text, expected):
-    assert arith.extract_boxed(text) == expected
-
-
 def test_is_correct_compares_integers_by_value():
     p = arith.make_problem("-", 600, 75)
     assert arith.is_correct("The answer is \\boxed{525}.", p)
@@ -60,7 +46,6 @@ def test_worked_solution_trace_is_valid_arithmetic_and_boxes_the_right_answer(sp
     for p in arith.make_problems(1500, 11, split):
         text = arith.worked_solution(p)
         expected = p.a + p.b if p.op == "+" else p.a - p.b
-        assert arith.extract_boxed(text) == str(expected)
         assert arith.is_correct(text, p)
         trace, answer = text.split("\n</think>\n\n")
         assert answer == f"The answer is \\boxed{{{expected}}}."

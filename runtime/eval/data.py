@@ -49,16 +49,21 @@ def _text(value, where: str, field: str) -> str:
     return str(value)
 
 
+def require_fields(row: object, where: str, fields: tuple[str, ...]) -> None:
+    """Refuse a JSONL row that is not an object with `fields` (DataError naming file:line and field)."""
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected a JSON object with fields {' and '.join(repr(f) for f in fields)}")
+    for field in fields:
+        if field not in row:
+            raise DataError(f"{where}: field '{field}' missing")
+
+
 def problems_from_rows(rows: list[tuple[int, object]], name: str) -> list[Problem]:
     """Problems from (line number, JSON value) rows; `name` names the source in errors."""
     problems, seen = [], set()
     for n, row in rows:
         where = f"{name}:{n}"
-        if not isinstance(row, dict):
-            raise DataError(f"{where}: expected a JSON object with fields 'problem' and 'answer'")
-        for field in ("problem", "answer"):
-            if field not in row:
-                raise DataError(f"{where}: field '{field}' missing")
+        require_fields(row, where, ("problem", "answer"))
         pid = _text(row["id"], where, "id") if "id" in row else str(len(problems) + 1)
         if pid in seen:
             raise DataError(f"{where}: id {pid!r} repeats an earlier line's; ids must be unique")

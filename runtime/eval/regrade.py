@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from fathom.runtime.records import read_jsonl
 
-from .data import DataError
+from .data import DataError, require_fields
 from .graders import get_grader
 from .metrics import summarize
 from .samples import graded_row, group_rows
@@ -21,11 +21,7 @@ def regrade(path: str, grader_name: str = "strict") -> dict:
     rows, counts = [], {}
     for n, row in read_jsonl(path, DataError):
         where = f"{path}:{n}"
-        if not isinstance(row, dict):
-            raise DataError(f"{where}: expected a JSON object with fields 'answer' and 'completion'")
-        for field in ("answer", "completion"):
-            if field not in row:
-                raise DataError(f"{where}: field '{field}' missing")
+        require_fields(row, where, ("answer", "completion"))
         if not isinstance(row["completion"], str):
             raise DataError(f"{where}: field 'completion' must be a string, got {type(row['completion']).__name__}")
         if isinstance(row["answer"], bool) or not isinstance(row["answer"], (str, int, float)):
