@@ -14,5 +14,11 @@ def test_demo_runs_the_tour_and_writes_records_and_plot(tmp_path):
         assert needle in r.output
     png = out / "demo_compare.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    kinds = [json.loads(line)["kind"] for line in (out / "records.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    kinds = [r["kind"] for r in records]
     assert kinds.count("bench") == 2 and kinds.count("eval") == 2
+    for record in records:
+        if record["kind"] == "eval":  # the card's protocol scaled down: sampled, pass@1 and cons@8
+            assert record["parameters"]["samples"] == 8 and record["parameters"]["temperature"] == 0.6
+            assert 0 <= record["metrics"]["pass@1"] <= 1 and "cons@n" in record["metrics"]
+    assert "cons@n" in r.output
