@@ -14,6 +14,7 @@ from fathom.runtime.loader import load_model
 from fathom.runtime.reference import ReferenceExecutor
 from fathom.runtime.sampling import SamplingParams
 from fathom.runtime.torch_executor import TorchExecutor, executor_config
+from logits_recorder import record_logits
 
 
 @pytest.fixture(scope="module")
@@ -29,28 +30,6 @@ def prompts_for(model, lengths, seed=0):
 
 def tokens(events):
     return {rid: [e.token_id for e in evs] for rid, evs in events.items()}
-
-
-def record_logits(executor) -> dict[str, list]:
-    """Request id -> the logits each of its tokens was sampled from (wraps the executor's sampler)."""
-    seen: dict[str, list] = {}
-    if isinstance(executor, ReferenceExecutor):
-        sample = executor._sample
-
-        def hook(logits):
-            for row, r in enumerate(executor.batch):
-                seen.setdefault(r.request_id, []).append(logits[row].clone())
-            return sample(logits)
-        executor._sample = hook
-    else:
-        sample = executor.runner.sample
-
-        def hook(logits, seqs):
-            for row, s in enumerate(seqs):
-                seen.setdefault(s.id, []).append(logits[row].clone())
-            return sample(logits, seqs)
-        executor.runner.sample = hook
-    return seen
 
 
 def reference_alone(model, prompts, params, eos_ids=(), logits=None):

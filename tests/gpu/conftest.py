@@ -13,8 +13,8 @@ from fathom.build.sources import resolve_model
 from fathom.runtime.executor import Request, collect
 from fathom.runtime.loader import native_tensors_from_hf
 from fathom.runtime.model import Qwen2Model
-from fathom.runtime.reference import ReferenceExecutor
 from fathom.runtime.sampling import SamplingParams
+from logits_recorder import record_logits
 
 MAX_SEQ_LEN = 512  # room for a context past the first CUDA-graph context bucket (256)
 
@@ -54,24 +54,7 @@ def greedy_run():
     """
 
     def run(executor, prompts: list[list[int]], max_new_tokens: list[int]):
-        seen: dict[str, list[torch.Tensor]] = {}
-        if isinstance(executor, ReferenceExecutor):
-            sample = executor._sample
-
-            def recording(logits):
-                for row, r in enumerate(executor.batch):
-                    if not executor.done[row]:
-                        seen.setdefault(r.request_id, []).append(logits[row].to("cpu", torch.float32, copy=True))
-                return sample(logits)
-            executor._sample = recording
-        else:
-            sample = executor.runner.sample
-
-            def recording(logits, seqs):
-                for row, s in enumerate(seqs):
-                    seen.setdefault(s.id, []).append(logits[row].to("cpu", torch.float32, copy=True))
-                return sample(logits, seqs)
-            executor.runner.sample = recording
+        seen = record_logits(executor)
         requests = [Request(str(i), p, SamplingParams(max_new_tokens=n, ignore_eos=True))
                     for i, (p, n) in enumerate(zip(prompts, max_new_tokens))]
         tokens = {rid: [e.token_id for e in events] for rid, events in collect(executor, requests).items()}
