@@ -6,8 +6,11 @@ output, including one inside a `<think>` block that never closed. Two forms are 
 
 - `\\boxed{...}`: the text up to the brace that closes the opening one (nested braces kept,
   `\\{` and `\\}` taken as literal braces);
-- `\\boxed 70`: the whitespace-separated token after the command, up to a `$`, without a
-  trailing full stop.
+- `\\boxed 70` / `\\boxed70`: the token after the command (which ends the control word: the
+  next character is not a letter), up to whitespace or a `$`.
+
+As the card's `extract_answer` (eval/utils/parser.py) does for both forms, a leading `:` and a
+trailing `.` then a trailing `/` are dropped (`\\boxed{5.}` is 5).
 
 No box, an empty box, or a last box whose braces never close (output cut off mid-answer) is no
 answer (None), which every grader counts wrong.
@@ -30,15 +33,21 @@ def extract_boxed(text: str) -> str | None:
     body = rest.lstrip()
     if body.startswith("{"):
         content = _braced(body)
-    elif rest[:1].isspace():
+    elif rest and not _is_letter(rest[0]):
         token = _BARE_TOKEN.match(rest)
-        content = token.group(1).rstrip(".") if token else None
+        content = token.group(1) if token else None
     else:
         content = None
     if content is None:
         return None
     content = content.strip()
+    content = content.removeprefix(":").removesuffix(".").removesuffix("/").strip()
     return content or None
+
+
+def _is_letter(ch: str) -> bool:
+    """An ASCII letter: one that would continue the control word (`\\boxedfoo` is not a box)."""
+    return "a" <= ch.lower() <= "z"
 
 
 def _braced(body: str) -> str | None:
