@@ -72,6 +72,11 @@ EQUIVALENCE_CASES = [
     ("12345678901234567891", "12345678901234567890", False, False),  # compared exactly
     ("2^{25} \\cdot 26! + 1", "2^{25} \\cdot 26!", False, False),
     ("x=5", "5", True, True),
+    ("x=1, y=2", "1, 2", True, True),
+    ("y=2, x=1", "x=1, y=2", True, True),
+    ("x=1, y=3", "1, 2", False, False),
+    ("30\u00b0", "30", True, True),
+    ("45^\\circ", "30\u00b0", False, False),
     ("\\text{no}", "5", False, False),
     (None, "70", False, False),
     ("", "70", False, False),
@@ -98,6 +103,8 @@ def test_strict_votes_on_value_fathom_r1_on_raw_string():
     assert strict.vote_key("3, 1, 2") == strict.vote_key("1,2,3")
     assert strict.vote_key("71") != strict.vote_key("70")
     assert strict.vote_key("12345678901234567891") != strict.vote_key("12345678901234567890")
+    assert strict.vote_key("2^{25} \\cdot 26!") == "13532215908553332190020108288000000"
+    assert strict.vote_key("2^{25} \\cdot 26! + 1") != strict.vote_key("2^{25} \\cdot 26!")
     assert card.vote_key("\\frac12") == "\\frac12" != card.vote_key("0.5")
 
 

@@ -10,11 +10,11 @@ so `\\frac12` and `0.5` vote together.
 `fathom-r1` follows the rules of the Fathom-R1-14B model card's evaluation
 (github.com/FractalAIResearchLabs/Fathom-R1, eval/), so scores compare with its table. Answers
 are normalized (spacing, `\\left`/`\\right`, `\\dfrac`, `$`, `%`, degree signs, a trailing
-`\\text{unit}`, a leading `x=`), then they match when they are equal ignoring case; or, when both
-contain top-level commas, as unordered lists item by item; or, when both are plain numbers,
-within an absolute 1e-4 (compared exactly, not in floating point), the answer also being
-accepted at 100x and 1/100 of the gold; otherwise, parsed as LaTeX, when their difference
-simplifies to 0 or evaluates within 1e-4 of it. Its majority vote counts the raw answer strings.
+`\\text{unit}`, a leading `x=` on each comma-separated item), then they match when they are
+equal ignoring case; or, when both contain top-level commas, as unordered lists item by item;
+or, when both are plain numbers, within an absolute 1e-4 (compared exactly, not in floating
+point), the answer also being accepted at 100x and 1/100 of the gold; otherwise, parsed as
+LaTeX, when their difference simplifies to 0 or evaluates within 1e-4 of it. Its majority vote counts the raw answer strings.
 
 Where the two differ:
 - percentages: fathom-r1 accepts 50 for a gold of 0.5 (and 0.5 for 50); strict does not.
@@ -125,10 +125,13 @@ class FathomR1Grader(_TimedGrader):
 # expressions (`1/2`) are read as well.
 _MATH_VERIFY_EXTRACTION = (LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig())
 _VOTE_DIGITS = 12
+_DEGREE_SIGN = "\u00b0"
 
 
 def _parse_boxed(latex: str, timeout_s: int) -> list:
-    """math-verify's parse of `latex` (sympy values, then the string); [] when it fails."""
+    """math-verify's parse of `latex` (sympy values, then the string); [] when it fails. A
+    Unicode degree sign is read as `^\\circ`, which math-verify drops."""
+    latex = latex.replace(_DEGREE_SIGN, "^\\circ")
     try:
         return parse(f"\\boxed{{{latex}}}", _MATH_VERIFY_EXTRACTION, parsing_timeout=timeout_s,
                      raise_on_error=True)
@@ -171,16 +174,16 @@ def _strict_vote_key(answer: str, timeout_s: int) -> tuple[str, bool]:
 
 
 def _canonical(value) -> str:
-    """One string per value: integers exact, other numbers to 12 significant digits, sets
-    sorted, anything else simplified."""
+    """One string per value: integers exact (`2^{25} \\cdot 26!` too, not rounded), other
+    numbers to 12 significant digits, sets sorted, anything else simplified."""
     import sympy
 
     if isinstance(value, sympy.FiniteSet):
         return "{" + ",".join(sorted(_canonical(v) for v in value.args)) + "}"
     if isinstance(value, sympy.Tuple):
         return "(" + ",".join(_canonical(v) for v in value.args) + ")"
-    if isinstance(value, sympy.Integer):
-        return str(value)
+    if isinstance(value, sympy.Integer) or (value.is_number and value.is_integer):
+        return str(sympy.Integer(value))
     if getattr(value, "is_number", False):
         return str(sympy.N(value, _VOTE_DIGITS))
     return str(sympy.simplify(value))
@@ -190,8 +193,8 @@ def _canonical(value) -> str:
 
 _CARD_ABS_TOL = Fraction(1, 10_000)
 _CARD_PERCENT_SCALES = (Fraction(1), Fraction(100), Fraction(1, 100))
-_CARD_REMOVED = ("\\left", "\\right", "\\!", "\\,", "\\;", "\\ ", "^{\\circ}", "^\\circ", "\\%",
-                 "%", "\\$", "$")
+_CARD_REMOVED = ("\\left", "\\right", "\\!", "\\,", "\\;", "\\ ", "^{\\circ}", "^\\circ",
+                 _DEGREE_SIGN, "\\%", "%", "\\$", "$")
 _TRAILING_UNIT = re.compile(r"\\(?:text|mbox|mathrm)\{[^{}]*\}$")
 _TEXT_WRAPPER = re.compile(r"\\(?:text|mbox|mathrm|textbf|mathbf)\{([^{}]*)\}")
 _SHORT_LHS = re.compile(r"^[A-Za-z]\w?\s*=(?!=)")
@@ -207,7 +210,7 @@ def _card_normalize(text: str) -> str:
     without_unit = _TRAILING_UNIT.sub("", text).strip()
     text = without_unit or text
     text = _TEXT_WRAPPER.sub(r"\1", text)
-    text = _SHORT_LHS.sub("", text)
+    text = ",".join(_SHORT_LHS.sub("", item.strip()) for item in _top_level_items(text))
     text = _FRAC_DIGITS.sub(r"\\frac{\1}{\2}", text)
     text = _SQRT_DIGIT.sub(r"\\sqrt{\1}", text)
     return "".join(text.split()).rstrip(".")
