@@ -248,11 +248,30 @@ def test_pass_at_1_ci95_over_problems():
     lo, hi = summary["pass@1_ci95"]
     assert lo == pytest.approx(mean - 1.959964 * sd / math.sqrt(3))
     assert hi == pytest.approx(mean + 1.959964 * sd / math.sqrt(3))
+
+
+def _wilson95(correct: int, samples: int) -> list[float]:
+    z = 1.959964
+    share = correct / samples
+    centre = (share + z * z / (2 * samples)) / (1 + z * z / samples)
+    half = z / (1 + z * z / samples) * math.sqrt(share * (1 - share) / samples
+                                                 + z * z / (4 * samples * samples))
+    return [centre - half, centre + half]
+
+
+def test_pass_at_1_ci95_without_spread_over_problems_is_wilson_over_samples():
     every_sample_right = [ProblemSamples(str(i), "1", ["1"] * 2, [True] * 2, [1, 1], [False] * 2)
                           for i in range(3)]
-    assert summarize(every_sample_right, get_grader("fathom-r1"))["pass@1_ci95"] == [1.0, 1.0]
-    one_problem = summarize(_problems()[:1], get_grader("fathom-r1"))
-    assert one_problem["pass@1_ci95"] == [0.5, 0.5]
+    lo, hi = summarize(every_sample_right, get_grader("fathom-r1"))["pass@1_ci95"]
+    assert hi == pytest.approx(1.0)
+    assert lo == pytest.approx(_wilson95(6, 6)[0]) and lo < 0.7  # 6 of 6: not a point
+    one_problem = summarize(_problems()[:1], get_grader("fathom-r1"))["pass@1_ci95"]
+    assert one_problem == pytest.approx(_wilson95(2, 4))
+    assert one_problem[0] < 0.5 < one_problem[1]
+    same_accuracy = [ProblemSamples(str(i), "1", ["1", "2", "2"], [True, False, False], [1] * 3,
+                                    [False] * 3) for i in range(3)]
+    lo, hi = summarize(same_accuracy, get_grader("fathom-r1"))["pass@1_ci95"]
+    assert [lo, hi] == pytest.approx(_wilson95(3, 9)) and lo < 1 / 3 < hi
 
 
 def test_pass_at_k_stops_at_the_fewest_samples():

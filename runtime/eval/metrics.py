@@ -3,8 +3,11 @@
 - pass@1 = the mean over problems of correct samples / samples (with the same number of samples
   per problem, correct samples / all samples, as the model card reports it).
 - pass@1_ci95: mean +- 1.96 standard errors of the per-problem accuracies (normal approximation
-  over problems, since samples of one problem are not independent), clipped to [0, 1]; with one
-  problem the interval is the point itself.
+  over problems, since samples of one problem are not independent), clipped to [0, 1]. When the
+  problems give no spread (one problem, or every problem at the same accuracy, e.g. all samples
+  right) that interval has no width; then it is the Wilson score interval over all samples
+  (E. B. Wilson 1927, "Probable inference, the law of succession, and statistical inference"),
+  which treats samples as independent and so is narrower than the truth when problems differ.
 - pass@k: the unbiased estimator of Chen et al. 2021, "Evaluating Large Language Models Trained
   on Code" (arXiv:2107.03374, section 2.1): 1 - C(n-c, k) / C(n, k), averaged over problems, for
   k = 1, 2, 4, ... up to n and n itself (n = the fewest samples any problem has).
@@ -99,7 +102,8 @@ def summarize(problems: list[ProblemSamples], grader: Grader) -> dict:
         "problems": len(problems),
         "samples": len(tokens),
         "pass@1": pass1,
-        "pass@1_ci95": _ci95(accuracies, pass1),
+        "pass@1_ci95": _ci95(accuracies, pass1, sum(sum(p.correct) for p in problems),
+                              len(tokens)),
         "pass@k": {str(k): sum(pass_at_k(len(p.correct), sum(p.correct), k) for p in problems)
                    / len(problems) for k in k_values(n)},
         "cons@n": sum(row["majority_correct"] for row in per_problem) / len(problems),
@@ -109,9 +113,18 @@ def summarize(problems: list[ProblemSamples], grader: Grader) -> dict:
     }
 
 
-def _ci95(accuracies: list[float], mean: float) -> list[float]:
-    if len(accuracies) < 2:
-        return [mean, mean]
+def _ci95(accuracies: list[float], mean: float, correct: int, samples: int) -> list[float]:
+    """Normal interval over problems; Wilson over samples when the problems give no spread."""
+    if len(set(accuracies)) == 1:
+        return _wilson95(correct, samples)
     variance = sum((a - mean) ** 2 for a in accuracies) / (len(accuracies) - 1)
     half_width = _Z95 * math.sqrt(variance / len(accuracies))
     return [max(0.0, mean - half_width), min(1.0, mean + half_width)]
+
+
+def _wilson95(correct: int, samples: int) -> list[float]:
+    share, z2 = correct / samples, _Z95 ** 2
+    centre = (share + z2 / (2 * samples)) / (1 + z2 / samples)
+    half_width = (_Z95 / (1 + z2 / samples)
+                  * math.sqrt(share * (1 - share) / samples + z2 / (4 * samples ** 2)))
+    return [max(0.0, centre - half_width), min(1.0, centre + half_width)]
