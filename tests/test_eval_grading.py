@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import signal
 import threading
+import time
 from itertools import combinations
 
 import pytest
@@ -116,6 +118,50 @@ def test_a_comparison_that_runs_out_of_time_is_not_equivalent_and_is_counted():
     assert grader.timeouts == 1
 
 
+class _SlowClock:
+    """time.monotonic for the graders: every reading 0.6 s after the previous one."""
+
+    def __init__(self):
+        self.now_s = 0.0
+
+    def monotonic(self) -> float:
+        self.now_s += 0.6
+        return self.now_s
+
+
+def test_the_timeout_bounds_the_whole_comparison_not_each_step(monkeypatch):
+    import fathom.runtime.eval.graders as graders
+
+    monkeypatch.setattr(graders, "time", _SlowClock())
+    grader = get_grader("strict", timeout_s=1)
+    # each parse step alone fits in 1 s; the second starts after the comparison's second is up
+    assert grader.equivalent("5", "5") is False
+    assert grader.timeouts == 1
+    assert grader.vote_key("0.50") == "0.50"  # out of time: the answer's own text votes
+    assert get_grader("fathom-r1", timeout_s=1).equivalent("\\sqrt{4}", "2") is False
+
+
+def _stuck_past_its_alarm(deadline) -> bool:
+    signal.signal(signal.SIGALRM, signal.SIG_IGN)  # as a step stuck in C code would
+    time.sleep(60)
+    return True
+
+
+def test_a_worker_stuck_past_its_timeout_is_killed_and_replaced():
+    grader = get_grader("strict", timeout_s=1)
+    results = []
+
+    def grade():
+        results.append(grader._run(_stuck_past_its_alarm, False))
+        results.append(grader.equivalent("0.5", "\\frac12"))
+
+    worker = threading.Thread(target=grade)
+    worker.start()
+    worker.join()
+    assert results == [False, True]
+    assert grader.timeouts == 1
+
+
 def test_graders_work_off_the_main_thread():
     grader = get_grader("strict")
     results = []
@@ -213,7 +259,7 @@ def _problems() -> list[ProblemSamples]:
 def test_summarize_on_a_hand_made_set():
     summary = summarize(_problems(), get_grader("strict"))
     assert list(summary) == ["problems", "samples", "pass@1", "pass@1_ci95", "pass@k", "cons@n",
-                             "per_problem", "tokens"]
+                             "per_problem", "tokens", "grader_timeouts"]
     assert summary["problems"] == 3
     assert summary["samples"] == 12
     assert summary["pass@1"] == pytest.approx(5 / 12)
@@ -232,6 +278,15 @@ def test_summarize_on_a_hand_made_set():
     ]
     assert summary["tokens"] == {"mean": pytest.approx(520 / 12), "p50": 25.0,
                                  "p90": 100.0, "truncated_share": pytest.approx(2 / 12)}
+    assert summary["grader_timeouts"] == 0
+
+
+def test_summarize_reports_the_graders_timeouts():
+    grader = get_grader("strict", timeout_s=1)
+    assert grader.equivalent("2^{2^{2^{30}}}", "5") is False
+    problems = [ProblemSamples("1", "5", ["7", "5", "5"], [False, True, True], [1, 1, 1],
+                               [False] * 3)]
+    assert summarize(problems, grader)["grader_timeouts"] == 1
 
 
 def test_summarize_fathom_r1_votes_on_raw_strings():

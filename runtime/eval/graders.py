@@ -14,7 +14,8 @@ are normalized (spacing, `\\left`/`\\right`, `\\dfrac`, `$`, `%`, degree signs, 
 equal ignoring case; or, when both contain top-level commas, as unordered lists item by item;
 or, when both are plain numbers, within an absolute 1e-4 (compared exactly, not in floating
 point), the answer also being accepted at 100x and 1/100 of the gold; otherwise, parsed as
-LaTeX, when their difference simplifies to 0 or evaluates within 1e-4 of it. Its majority vote counts the raw answer strings.
+LaTeX, when their difference simplifies to 0 or evaluates within 1e-4 of it. Its majority vote
+counts the raw answer strings.
 
 Where the two differ:
 - percentages: fathom-r1 accepts 50 for a gold of 0.5 (and 0.5 for 50); strict does not.
@@ -25,18 +26,23 @@ Where the two differ:
   `(2,1)` differ while sets `\\{1,2\\}` and answer lists `1, 2` do not.
 - voting: fathom-r1 counts `\\frac12` and `0.5` as two different votes; strict merges them.
 
-Each comparison runs under a timeout (`timeout_s`, whole seconds): a timeout counts as not
-equivalent and is added to `timeouts`. math-verify times out with `signal.alarm`, which only
-works on the main thread, so a call from any other thread is run in a worker process (where it
-is on that process's main thread).
+Each comparison (an `equivalent` or a strict `vote_key`) is bounded by `timeout_s` as a whole:
+its parse, verify and simplify steps share that budget, each step given what is left (rounded up
+to whole seconds, since math-verify's `signal.alarm` counts whole seconds, so the last step may
+end up to a second late). A comparison that runs out of time is not equivalent (a vote key falls
+back to the answer's own text) and is added to `timeouts`. `signal.alarm` only works on the main
+thread, so a call from any other thread runs in a worker process, on its main thread, and is
+waited for at most 2 * timeout_s + 1 s; past that (a step stuck in C code ignores the alarm) the
+worker is killed, the comparison counted as timed out, and the next call starts a fresh worker.
 """
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import re
 import threading
-from concurrent.futures import ProcessPoolExecutor
+import time
 from fractions import Fraction
 from itertools import product
 from typing import Callable, Protocol
@@ -49,10 +55,13 @@ from ...build.errors import FathomError
 
 GRADER_NAMES = ("strict", "fathom-r1")
 DEFAULT_TIMEOUT_S = 5
+_WORKER_SLACK_S = 1  # the worker's wait beyond 2 * timeout_s: pickling and the pipe
+_WORKER_START_S = 120  # a fresh worker process imports sympy and math-verify
 
 
 class Grader(Protocol):
     name: str
+    timeouts: int  # comparisons that ran out of time so far
 
     def equivalent(self, answer: str | None, gold: str) -> bool: ...
 
@@ -77,22 +86,67 @@ class _TimedGrader:
         self.timeout_s = timeout_s
         self.timeouts = 0
         self._lock = threading.Lock()
-        self._worker: ProcessPoolExecutor | None = None
+        self._worker: multiprocessing.pool.Pool | None = None
 
-    def _run(self, comparison: Callable[..., tuple], *args):
-        """comparison(*args, timeout_s) -> (value, timed_out): the value; the timeout counted."""
+    def _run(self, comparison: Callable[..., object], fallback, *args):
+        """comparison(*args, deadline) bounded by timeout_s; `fallback` when out of time."""
         if threading.current_thread() is threading.main_thread():
-            value, timed_out = comparison(*args, self.timeout_s)
+            value, timed_out = _bounded(comparison, fallback, args, self.timeout_s)
         else:
-            with self._lock:
-                if self._worker is None:
-                    spawn = multiprocessing.get_context("spawn")
-                    self._worker = ProcessPoolExecutor(max_workers=1, mp_context=spawn)
-            value, timed_out = self._worker.submit(comparison, *args, self.timeout_s).result()
+            value, timed_out = self._run_in_worker(comparison, fallback, args)
         if timed_out:
             with self._lock:
                 self.timeouts += 1
         return value
+
+    def _run_in_worker(self, comparison: Callable[..., object], fallback, args) -> tuple:
+        # One comparison at a time, so killing a stuck one loses no other caller's work.
+        with self._lock:
+            if self._worker is None:
+                self._worker = _start_worker()
+            call = self._worker.apply_async(_bounded, (comparison, fallback, args, self.timeout_s))
+            try:
+                return call.get(2 * self.timeout_s + _WORKER_SLACK_S)
+            except multiprocessing.TimeoutError:
+                self._worker.terminate()
+                self._worker = None
+                return fallback, True
+
+
+class _Deadline:
+    """The time left to one comparison, handed out to its steps in whole seconds."""
+
+    def __init__(self, timeout_s: int):
+        self.end_s = time.monotonic() + timeout_s
+
+    def step_s(self) -> int:
+        left_s = self.end_s - time.monotonic()
+        if left_s <= 0:
+            raise TimeoutException("grader comparison ran out of time")
+        return math.ceil(left_s)
+
+
+def _bounded(comparison: Callable[..., object], fallback, args: tuple, timeout_s: int) -> tuple:
+    """(comparison(*args, deadline), False), or (fallback, True) when it ran out of time."""
+    try:
+        return comparison(*args, _Deadline(timeout_s)), False
+    except TimeoutException:
+        return fallback, True
+
+
+def _start_worker() -> multiprocessing.pool.Pool:
+    worker = multiprocessing.get_context("spawn").Pool(processes=1)
+    try:
+        worker.apply_async(_worker_ready).get(_WORKER_START_S)
+    except multiprocessing.TimeoutError:
+        worker.terminate()
+        message = f"grader worker process: not started within {_WORKER_START_S} s"
+        raise FathomError(message) from None
+    return worker
+
+
+def _worker_ready() -> bool:
+    return True
 
 
 class StrictGrader(_TimedGrader):
@@ -101,10 +155,10 @@ class StrictGrader(_TimedGrader):
     def equivalent(self, answer: str | None, gold: str) -> bool:
         if answer is None or not answer.strip():
             return False
-        return self._run(_strict_equivalent, answer, gold)
+        return self._run(_strict_equivalent, False, answer, gold)
 
     def vote_key(self, answer: str) -> str:
-        return self._run(_strict_vote_key, answer)
+        return self._run(_strict_vote_key, "".join(answer.split()), answer)
 
 
 class FathomR1Grader(_TimedGrader):
@@ -113,7 +167,7 @@ class FathomR1Grader(_TimedGrader):
     def equivalent(self, answer: str | None, gold: str) -> bool:
         if answer is None or not answer.strip():
             return False
-        return self._run(_card_equivalent, answer, gold)
+        return self._run(_card_equivalent, False, answer, gold)
 
     def vote_key(self, answer: str) -> str:
         return answer
@@ -128,49 +182,39 @@ _VOTE_DIGITS = 12
 _DEGREE_SIGN = "\u00b0"
 
 
-def _parse_boxed(latex: str, timeout_s: int) -> list:
+def _parse_boxed(latex: str, deadline: _Deadline) -> list:
     """math-verify's parse of `latex` (sympy values, then the string); [] when it fails. A
     Unicode degree sign is read as `^\\circ`, which math-verify drops."""
     latex = latex.replace(_DEGREE_SIGN, "^\\circ")
     try:
-        return parse(f"\\boxed{{{latex}}}", _MATH_VERIFY_EXTRACTION, parsing_timeout=timeout_s,
-                     raise_on_error=True)
+        return parse(f"\\boxed{{{latex}}}", _MATH_VERIFY_EXTRACTION,
+                     parsing_timeout=deadline.step_s(), raise_on_error=True)
     except Exception:  # unparseable: nothing to compare (TimeoutException is not an Exception)
         return []
 
 
-def _strict_equivalent(answer: str, gold: str, timeout_s: int) -> tuple[bool, bool]:
-    try:
-        golds, answers = _parse_boxed(gold, timeout_s), _parse_boxed(answer, timeout_s)
-    except TimeoutException:
-        return False, True
-    timed_out = False
+def _strict_equivalent(answer: str, gold: str, deadline: _Deadline) -> bool:
+    golds, answers = _parse_boxed(gold, deadline), _parse_boxed(answer, deadline)
     for parsed_gold, parsed_answer in product(golds, answers):
+        step_s = deadline.step_s()
         try:
-            if verify(parsed_gold, parsed_answer, timeout_seconds=timeout_s, raise_on_error=True):
-                return True, timed_out
-        except TimeoutException:
-            timed_out = True
+            if verify(parsed_gold, parsed_answer, timeout_seconds=step_s, raise_on_error=True):
+                return True
         except Exception:  # sympy cannot compare these two: not an equivalence
             continue
-    return False, timed_out
+    return False
 
 
-def _strict_vote_key(answer: str, timeout_s: int) -> tuple[str, bool]:
+def _strict_vote_key(answer: str, deadline: _Deadline) -> str:
     plain = "".join(answer.split())
-    try:
-        parsed = _parse_boxed(answer, timeout_s)
-    except TimeoutException:
-        return plain, True
-    value = _first_value(parsed)
+    value = _first_value(_parse_boxed(answer, deadline))
     if value is None:
-        return plain, False
+        return plain
+    step_s = deadline.step_s()
     try:
-        return timeout(timeout_s)(_canonical)(value), False
-    except TimeoutException:
-        return plain, True
+        return timeout(step_s)(_canonical)(value)
     except Exception:  # no canonical form (sympy raised): the answer's own text votes
-        return plain, False
+        return plain
 
 
 def _canonical(value) -> str:
@@ -241,50 +285,45 @@ def _top_level_items(text: str) -> list[str]:
     return items
 
 
-def _card_equivalent(answer: str, gold: str, timeout_s: int) -> tuple[bool, bool]:
-    return _card_match(_card_normalize(answer), _card_normalize(gold), timeout_s, as_list=True)
+def _card_equivalent(answer: str, gold: str, deadline: _Deadline) -> bool:
+    return _card_match(_card_normalize(answer), _card_normalize(gold), deadline, as_list=True)
 
 
-def _card_match(answer: str, gold: str, timeout_s: int, as_list: bool) -> tuple[bool, bool]:
+def _card_match(answer: str, gold: str, deadline: _Deadline, as_list: bool) -> bool:
     if answer.lower() == gold.lower():
-        return True, False
-    timed_out = False
+        return True
     answer_items, gold_items = _top_level_items(answer), _top_level_items(gold)
     if as_list and len(answer_items) > 1 and len(answer_items) == len(gold_items):
         unmatched = list(gold_items)
         for item in answer_items:
             match = None
             for candidate in unmatched:
-                equal, item_timed_out = _card_match(item, candidate, timeout_s, as_list=False)
-                timed_out |= item_timed_out
-                if equal:
+                if _card_match(item, candidate, deadline, as_list=False):
                     match = candidate
                     break
             if match is None:
                 break
             unmatched.remove(match)
         if not unmatched:
-            return True, timed_out
+            return True
     answer_number, gold_number = _card_number(answer), _card_number(gold)
     if answer_number is not None and gold_number is not None:
         close = any(abs(answer_number - gold_number * scale) <= _CARD_ABS_TOL
                     for scale in _CARD_PERCENT_SCALES)
-        return close, timed_out
-    equal, symbolic_timed_out = _card_symbolic(answer, gold, timeout_s)
-    return equal, timed_out or symbolic_timed_out
+        return close
+    return _card_symbolic(answer, gold, deadline)
 
 
-def _card_symbolic(answer: str, gold: str, timeout_s: int) -> tuple[bool, bool]:
+def _card_symbolic(answer: str, gold: str, deadline: _Deadline) -> bool:
+    answer_value = _first_value(_parse_boxed(answer, deadline))
+    gold_value = _first_value(_parse_boxed(gold, deadline))
+    if answer_value is None or gold_value is None:
+        return False
+    step_s = deadline.step_s()
     try:
-        answer_value = _first_value(_parse_boxed(answer, timeout_s))
-        gold_value = _first_value(_parse_boxed(gold, timeout_s))
-        if answer_value is None or gold_value is None:
-            return False, False
-        return timeout(timeout_s)(_same_value)(answer_value, gold_value), False
-    except TimeoutException:
-        return False, True
+        return timeout(step_s)(_same_value)(answer_value, gold_value)
     except Exception:  # sympy cannot compare these two: not an equivalence
-        return False, False
+        return False
 
 
 def _first_value(parsed: list):

@@ -15,6 +15,8 @@
   the grader's `vote_key`, no answer does not vote, ties go to the answer seen first.
 - tokens: output tokens per sample (mean, p50, p90) and the share of samples cut off at the
   token limit.
+- grader_timeouts: the grader's comparisons that ran out of time (counted as wrong, or as a vote
+  on the answer's own text), over everything that grader has graded, the votes here included.
 """
 
 from __future__ import annotations
@@ -110,6 +112,7 @@ def summarize(problems: list[ProblemSamples], grader: Grader) -> dict:
         "per_problem": per_problem,
         "tokens": {"mean": sum(tokens) / len(tokens), "p50": percentile(tokens, 50),
                    "p90": percentile(tokens, 90), "truncated_share": truncated / len(tokens)},
+        "grader_timeouts": grader.timeouts,
     }
 
 
