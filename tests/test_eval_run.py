@@ -107,7 +107,8 @@ def test_in_process_eval_writes_samples_and_metrics(demo_runtime, tmp_path):
     assert {(r["problem_id"], r["sample"]) for r in rows} == {(p.id, k) for p in problems for k in range(3)}
     first = next(r for r in rows if r["problem_id"] == "1" and r["sample"] == 0)
     assert set(first) == {"problem_id", "sample", "problem", "answer", "completion", "extracted", "correct",
-                          "output_tokens", "truncated"}
+                          "output_tokens", "truncated", "settings"}
+    assert first["settings"] == OPTIONS.settings()
     assert first["problem"] == problems[0].problem and first["answer"] == problems[0].answer
     assert first["output_tokens"] > 0 and first["truncated"] is False
     m = result["metrics"]
@@ -151,8 +152,9 @@ def test_resume_needs_out_and_same_data(demo_runtime, tmp_path):
     problems = load_problems("builtin:demo", limit=1)
     with pytest.raises(FathomError, match="--resume: continues an --out file"):
         run_eval(ExecutorBackend(ex, tok), tok, problems, OPTIONS, resume=True)
-    out = write_jsonl(tmp_path / "s.jsonl", [{"problem_id": "1", "sample": 0, "answer": "-1", "correct": False,
-                                              "extracted": None}])
+    out = write_jsonl(tmp_path / "s.jsonl", [{"problem_id": "1", "sample": 0, "problem": "?", "answer": "-1",
+                                              "completion": "", "output_tokens": 1, "truncated": False,
+                                              "settings": OPTIONS.settings()}])
     with pytest.raises(FathomError, match="not the same data set"):
         run_eval(ExecutorBackend(ex, tok), tok, problems, OPTIONS, out=out, resume=True)
 
