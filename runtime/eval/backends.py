@@ -53,7 +53,7 @@ class ExecutorBackend:
         slots = self.executor.describe().get("max_num_seqs") or 1
         choices: dict[str, tuple[SampleJob, Choice]] = {}
         running = 0
-        while waiting or running:
+        while waiting or self.executor.has_pending():
             while waiting and (running == 0 or running + len(waiting[0]) <= slots):
                 group = waiting.pop(0)
                 for i, job in enumerate(group):
