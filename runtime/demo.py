@@ -125,9 +125,8 @@ def sampled_eval(v: Variant, tok, device: str) -> dict:
                                max_seq_len=512, prefix_reuse=True)
     problems = load_problems("builtin:demo", limit=EVAL_PROBLEMS)
     result = run_eval(ExecutorBackend(executor, tok), tok, problems,
-                      EvalOptions(samples=EVAL_SAMPLES, max_new_tokens=128))
-    return eval_record(result, {"spec": v.label, "path": str(v.source.path), "data": "builtin:demo"},
-                       executor.describe())
+                      EvalOptions(samples=EVAL_SAMPLES, max_new_tokens=128, data="builtin:demo"))
+    return eval_record(result, {"spec": v.label, "path": str(v.source.path)}, executor.describe())
 
 
 def bench_and_report(variants: list[Variant], out_dir: Path, tok, device: str, echo) -> None:

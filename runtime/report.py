@@ -233,9 +233,26 @@ def accuracy_key(subjects: list[Subject]) -> str | None:
     return next((k for k in ACCURACY_FIELDS if any(subject_accuracy(s, k) is not None for s in subjects)), None)
 
 
+# Eval parameters that decide what an accuracy measures: records that differ in them do not compare.
+EVAL_COMPARABLE = ("data", "grader", "samples")
+
+
+def check_evals_comparable(subjects: list[Subject]) -> None:
+    """Refuse eval records measured on other data, with another grader or another sample count."""
+    evals = [(s.label, s.eval.get("parameters") or {}) for s in subjects if s.eval]
+    for field in EVAL_COMPARABLE:
+        values = {label: params.get(field) for label, params in evals}
+        if len(set(map(repr, values.values()))) > 1:
+            shown = ", ".join(f"{v!r} for {label}" for label, v in values.items())
+            raise FathomError(f"compare: the eval records differ in {field} ({shown}); their accuracies "
+                              f"compare only with the same {', '.join(EVAL_COMPARABLE)}")
+
+
 def compare(base: Subject, candidates: list[Subject]) -> list[dict]:
-    """One row per subject (base first) with ratios to the base: the quantization trade-off."""
+    """One row per subject (base first) with ratios to the base: the quantization trade-off.
+    Eval records must share data, grader and samples (`check_evals_comparable`)."""
     subjects = [base, *candidates]
+    check_evals_comparable(subjects)
     acc = accuracy_key(subjects)
     rows = []
     for s in subjects:

@@ -20,5 +20,6 @@ def test_demo_runs_the_tour_and_writes_records_and_plot(tmp_path):
     for record in records:
         if record["kind"] == "eval":  # the card's protocol scaled down: sampled, pass@1 and cons@8
             assert record["parameters"]["samples"] == 8 and record["parameters"]["temperature"] == 0.6
+            assert record["parameters"]["data"] == "builtin:demo" and "data" not in record["model"]
             assert 0 <= record["metrics"]["pass@1"] <= 1 and "cons@n" in record["metrics"]
     assert "cons@n" in r.output

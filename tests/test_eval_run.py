@@ -1,16 +1,17 @@
 """fathom eval: data and prompts, in-process and endpoint sampling, the samples file, resume, regrade, CLI."""
 
 import json
+from dataclasses import replace
 
 import pytest
 from click.testing import CliRunner
 from serve_harness import demo_state, running
 
 from fathom.build.errors import FathomError
-from fathom.runtime.arith import PROMPT_SUFFIX
+from fathom.runtime.arith import PROMPT_SUFFIX, make_problems
 from fathom.runtime.cli import main
 from fathom.runtime.cli.common import open_runtime
-from fathom.runtime.eval.backends import EndpointBackend, ExecutorBackend
+from fathom.runtime.eval.backends import EndpointBackend, ExecutorBackend, SampleOutput
 from fathom.runtime.eval.data import DEMO_PROBLEMS, Problem, load_problems
 from fathom.runtime.eval.regrade import regrade
 from fathom.runtime.eval.run import EvalOptions, render_prompt, run_eval, sample_seed
@@ -107,7 +108,8 @@ def test_in_process_eval_writes_samples_and_metrics(demo_runtime, tmp_path):
     assert {(r["problem_id"], r["sample"]) for r in rows} == {(p.id, k) for p in problems for k in range(3)}
     first = next(r for r in rows if r["problem_id"] == "1" and r["sample"] == 0)
     assert set(first) == {"problem_id", "sample", "problem", "answer", "completion", "extracted", "correct",
-                          "output_tokens", "truncated"}
+                          "output_tokens", "truncated", "settings"}
+    assert first["settings"] == OPTIONS.settings()
     assert first["problem"] == problems[0].problem and first["answer"] == problems[0].answer
     assert first["output_tokens"] > 0 and first["truncated"] is False
     m = result["metrics"]
@@ -151,8 +153,9 @@ def test_resume_needs_out_and_same_data(demo_runtime, tmp_path):
     problems = load_problems("builtin:demo", limit=1)
     with pytest.raises(FathomError, match="--resume: continues an --out file"):
         run_eval(ExecutorBackend(ex, tok), tok, problems, OPTIONS, resume=True)
-    out = write_jsonl(tmp_path / "s.jsonl", [{"problem_id": "1", "sample": 0, "answer": "-1", "correct": False,
-                                              "extracted": None}])
+    out = write_jsonl(tmp_path / "s.jsonl", [{"problem_id": "1", "sample": 0, "problem": "?", "answer": "-1",
+                                              "completion": "", "output_tokens": 1, "truncated": False,
+                                              "settings": OPTIONS.settings()}])
     with pytest.raises(FathomError, match="not the same data set"):
         run_eval(ExecutorBackend(ex, tok), tok, problems, OPTIONS, out=out, resume=True)
 
@@ -232,3 +235,155 @@ def test_cli_eval_json_and_record(tmp_path):
 def test_cli_errors(args, message):
     r = CliRunner().invoke(main, args)
     assert r.exit_code != 0 and message in r.output and "Traceback" not in r.output
+
+
+# ---- resume settings, --out safety, context, scheduling ---------------------------------------
+class ScriptedBackend:
+    """Every sample answers \\boxed{answer}."""
+
+    def __init__(self, answer, output_tokens=5):
+        self.answer, self.output_tokens, self.jobs = answer, output_tokens, []
+
+    def generate(self, jobs, params):
+        for job in jobs:
+            self.jobs.append((job.problem.id, job.sample))
+            yield SampleOutput(job, f"so \\boxed{{{self.answer}}}", self.output_tokens, "stop")
+
+
+@pytest.mark.parametrize("change, flag", [
+    ({"temperature": 1.5}, "--temperature 0.6"), ({"seed": 9}, "--seed 7"), ({"top_p": 0.5}, "--top-p 0.95"),
+    ({"max_new_tokens": 32}, "--max-new-tokens 96"), ({"data": "builtin:other"}, "--data None"),
+])
+def test_resume_refuses_other_settings(demo_runtime, tmp_path, change, flag):
+    _, tok = demo_runtime
+    problems, out = [Problem("1", "q", "0.5")], str(tmp_path / "s.jsonl")
+    run_eval(ScriptedBackend("50"), tok, problems, OPTIONS, out=out)
+    with pytest.raises(FathomError) as e:
+        run_eval(ScriptedBackend("50"), tok, problems, replace(OPTIONS, **change), out=out, resume=True)
+    assert f"drawn with {flag}" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_resume_grades_again_with_the_current_grader(demo_runtime, tmp_path):
+    _, tok = demo_runtime
+    problems, out = [Problem("1", "q", "0.5")], str(tmp_path / "s.jsonl")
+    first = run_eval(ScriptedBackend("50"), tok, problems, OPTIONS, out=out)
+    assert first["metrics"]["pass@1"] == 0.0  # strict: 50 is not 0.5
+    again = ScriptedBackend("50")
+    resumed = run_eval(again, tok, problems, replace(OPTIONS, grader="fathom-r1"), out=out, resume=True)
+    assert again.jobs == [] and resumed["metrics"]["pass@1"] == 1.0  # the card accepts x100
+    assert all(r["correct"] for r in read_rows(out))
+
+
+def test_resume_refuses_rows_missing_fields(demo_runtime, tmp_path):
+    _, tok = demo_runtime
+    out = write_jsonl(tmp_path / "s.jsonl", [{"problem_id": "1", "sample": 0, "correct": True}])
+    with pytest.raises(FathomError, match=r"s.jsonl:1: expected a `fathom eval --out` sample, field 'problem' "):
+        run_eval(ScriptedBackend("1"), tok, [Problem("1", "q", "1")], OPTIONS, out=out, resume=True)
+
+
+def test_out_is_not_wiped_without_resume_or_force(demo_runtime, tmp_path):
+    _, tok = demo_runtime
+    problems, out = [Problem("1", "q", "1")], tmp_path / "s.jsonl"
+    run_eval(ScriptedBackend("1"), tok, problems, OPTIONS, out=str(out))
+    before = out.read_text()
+    with pytest.raises(FathomError, match="holds samples already; --resume continues it, --force replaces it"):
+        run_eval(ScriptedBackend("2"), tok, problems, OPTIONS, out=str(out))
+    assert out.read_text() == before
+    run_eval(ScriptedBackend("2"), tok, problems, OPTIONS, out=str(out), force=True)
+    assert {r["extracted"] for r in read_rows(out)} == {"2"}
+
+
+def test_unrecorded_output_tokens_are_reported_as_such(demo_runtime, tmp_path):
+    _, tok = demo_runtime
+    out = tmp_path / "s.jsonl"
+    result = run_eval(ScriptedBackend("1", output_tokens=None), tok, [Problem("1", "q", "1")], OPTIONS, out=str(out))
+    t = result["metrics"]["tokens"]
+    assert t["mean"] is None and t["p50"] is None and t["truncated_share"] == 0
+    text = CliRunner().invoke(main, ["eval", "--regrade", str(out)])
+    assert text.exit_code == 0 and "output tokens     not recorded" in text.output
+    assert "grader timeouts   0" in text.output
+
+
+class RecordingExecutor:
+    """Passes through to an executor, logging submits and finishes in order."""
+
+    def __init__(self, inner):
+        self.inner, self.log = inner, []
+
+    def submit(self, request):
+        self.log.append(("submit", request.request_id))
+        self.inner.submit(request)
+
+    def step(self):
+        events = self.inner.step()
+        self.log += [("finish", e.request_id) for e in events if e.finished]
+        return events
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_in_process_keeps_free_slots_busy_with_the_next_problems(demo_runtime):
+    ex, tok = demo_runtime  # max_num_seqs 8: both problems' 3 samples fit at once
+    recording = RecordingExecutor(ex)
+    problems = load_problems("builtin:demo", limit=2)
+    run_eval(ExecutorBackend(recording, tok), tok, problems, OPTIONS)
+    first_finish = next(i for i, (what, _) in enumerate(recording.log) if what == "finish")
+    assert {rid for what, rid in recording.log[:first_finish]} == {f"{p.id}/{k}" for p in problems for k in range(3)}
+
+
+def test_cli_sizes_the_context_to_prompt_plus_output(monkeypatch):
+    import fathom.runtime.cli.eval_cmd as eval_cmd
+
+    seen = []
+    real = eval_cmd.open_runtime
+
+    def recording_open_runtime(*args, **kwargs):
+        seen.append(args[5])  # max_seq_len
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(eval_cmd, "open_runtime", recording_open_runtime)
+    r = CliRunner().invoke(main, ["eval", "demo", *DEMO_ARGS, "--json"])
+    assert r.exit_code == 0, r.output
+    tok = open_runtime("demo", "torch", "float32", "cpu", None, 256, 1)[2]
+    longest = max(len(render_prompt(tok, p)[1]) for p in load_problems("builtin:demo", limit=2))
+    assert seen[0] == longest + 96 and json.loads(r.output)["metrics"]["tokens"]["truncated_share"] == 0
+    small = CliRunner().invoke(main, ["eval", "demo", *DEMO_ARGS, "--max-seq-len", "48"])
+    assert small.exit_code != 0 and "--max-seq-len 48: the longest prompt (" in small.output
+    assert "--max-new-tokens (96)" in small.output and "Traceback" not in small.output
+
+
+# ---- regrade input checks, data ---------------------------------------------------------------
+@pytest.mark.parametrize("rows, message", [
+    ([{"answer": "1", "completion": "x", "sample": "a"}], ":1: field 'sample' must be a non-negative integer"),
+    ([{"answer": "1", "completion": "x", "sample": 0}, {"answer": "1", "completion": "x", "sample": "1"}],
+     ":2: field 'sample' must be a non-negative integer"),
+    ([{"answer": "1", "completion": "x", "output_tokens": "many"}], ":1: field 'output_tokens' must be"),
+    ([{"answer": "1", "completion": "x", "truncated": "no"}], ":1: field 'truncated' must be true or false"),
+    ([{"problem_id": "a", "answer": "1", "completion": "x"}, {"problem_id": "a", "answer": "2", "completion": "x"}],
+     ":2: field 'answer' '2' differs from '1' on line 1 for the same problem 'a'"),
+])
+def test_regrade_input_checks(tmp_path, rows, message):
+    with pytest.raises(FathomError) as e:
+        regrade(write_jsonl(tmp_path / "bad.jsonl", rows))
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_regrade_groups_by_problem_id_zero_and_reports_missing_tokens(tmp_path):
+    path = write_jsonl(tmp_path / "r.jsonl", [
+        {"problem_id": 0, "problem": "first wording", "answer": 1, "completion": "\\boxed{1}"},
+        {"problem_id": 0, "problem": "second wording", "answer": 1, "completion": "\\boxed{2}"},
+    ])
+    result = regrade(path)
+    assert result["metrics"]["problems"] == 1 and [r["problem_id"] for r in result["samples"]] == ["0", "0"]
+    assert result["metrics"]["tokens"]["mean"] is None
+
+
+def test_problem_text_is_stripped(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"problem": "  What is x?\n", "answer": 1}])
+    assert load_problems(path)[0].problem == "What is x?"
+
+
+def test_demo_prompt_is_the_arith_user_message():
+    p = load_problems("builtin:demo", limit=1)[0]
+    assert p.messages() == [{"role": "user", "content": make_problems(1, 0, "heldout")[0].user_message}]

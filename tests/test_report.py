@@ -157,3 +157,16 @@ def test_report_and_compare_commands(tmp_path):
     bad.write_text("not json\n")
     res = runner.invoke(main, ["report", str(bad)])
     assert res.exit_code == 1 and "bad.jsonl:1: not valid JSON" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("field, other", [("data", "builtin:hmmt25"), ("grader", "fathom-r1"), ("samples", 8)])
+def test_compare_refuses_eval_records_of_other_data_grader_or_samples(tmp_path, field, other):
+    params = {"data": "builtin:aime25", "grader": "strict", "samples": 64}
+    files = []
+    for prec, p in (("bf16", params), ("fp8", {**params, field: other})):
+        files.append(tmp_path / f"{prec}.jsonl")
+        records.append_record(records.make_record("eval", {"spec": "demo"}, p, {"pass@1": 0.5, "cons@n": 0.5},
+                                                  records.environment({"precision": prec})), files[-1])
+    res = CliRunner().invoke(main, ["compare", str(files[0]), str(files[1])])
+    assert res.exit_code != 0 and f"the eval records differ in {field}" in res.output
+    assert "Traceback" not in res.output

@@ -39,7 +39,10 @@ def _grader_names():
               help="strict (math-verify) or fathom-r1 (the card's rules).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Samples JSONL, one line per sample as it finishes.")
-@click.option("--resume", is_flag=True, help="Continue --out: samples already there are not drawn again.")
+@click.option("--resume", is_flag=True, help="Continue --out: samples already there are not drawn again "
+                                           "(same --temperature, --top-p, --max-new-tokens, --seed, --data; "
+                                           "they are graded again with --grader).")
+@click.option("--force", is_flag=True, help="Replace a non-empty --out instead of refusing it.")
 @click.option("--regrade", type=click.Path(dir_okay=False), default=None, metavar="SAMPLES.jsonl",
               help="Grade recorded samples ({\"answer\", \"completion\"[, \"problem\"]} per line); no model.")
 @click.option("--records", type=click.Path(dir_okay=False), default=None,
@@ -49,7 +52,7 @@ def _grader_names():
 @json_option
 @click.pass_context
 def eval_command(ctx, model, data, samples, temperature, top_p, max_new_tokens, seed, limit, endpoint, api_key,
-                 concurrency, grader, out, resume, regrade, records, no_record, executor, dtype, device, tokenizer,
+                 concurrency, grader, out, resume, force, regrade, records, no_record, executor, dtype, device, tokenizer,
                  threads, max_seq_len, hostfile, tp, as_json):
     """Accuracy of MODEL on math problems, graded as the model card does.
 
@@ -78,19 +81,24 @@ def eval_command(ctx, model, data, samples, temperature, top_p, max_new_tokens, 
     from fathom.runtime.eval.run import EvalOptions, eval_record, run_eval
 
     options = EvalOptions(samples=samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                          seed=seed, grader=grader)
+                          seed=seed, grader=grader, data=data)
     problems = load_problems(data, limit)
     if endpoint:
         backend, tok, info = _endpoint_backend(model, endpoint, api_key, concurrency, tokenizer)
     else:
         from fathom.runtime.eval.backends import ExecutorBackend
 
+        user_len = ctx.get_parameter_source("max_seq_len") is not ParameterSource.DEFAULT
+        max_seq_len = _context_tokens(model, tokenizer, problems, max_new_tokens, max_seq_len if user_len else None)
         _, ex, tok = open_runtime(model, executor, dtype, device, tokenizer, max_seq_len, threads, hostfile, tp,
-                                  max_num_seqs=min(samples, 64), prefix_reuse=True)
+                                  prefix_reuse=True)
+        held = ex.describe().get("max_seq_len")
+        if held is not None and held < max_seq_len:
+            raise FathomError(f"--max-new-tokens {max_new_tokens}: the longest prompt + the output need "
+                              f"{max_seq_len} tokens, the model's context holds {held}")
         backend, info = ExecutorBackend(ex, tok), ex.describe()
-    result = run_eval(backend, tok, problems, options, out=out, resume=resume,
+    result = run_eval(backend, tok, problems, options, out=out, resume=resume, force=force,
                       progress=sys.stderr.isatty() and not as_json)
-    result["parameters"]["data"] = data
     saved = None
     if not no_record:
         from fathom.runtime.records import append_record
@@ -104,6 +112,22 @@ def eval_command(ctx, model, data, samples, temperature, top_p, max_new_tokens, 
         click.echo(f"  samples in {out}")
     if saved:
         click.echo(f"  record appended to {saved}")
+
+
+def _context_tokens(model, tokenizer, problems, max_new_tokens: int, user_max_seq_len: int | None) -> int:
+    """The executor's --max-seq-len: the longest prompt + --max-new-tokens, so the context never cuts
+    a sample short of --max-new-tokens; a user's value smaller than that is refused."""
+    from fathom.build.sources import resolve_model
+    from fathom.runtime.chat import load_tokenizer
+    from fathom.runtime.eval.run import render_prompt
+
+    tok = load_tokenizer(resolve_model(model, tokenizer=tokenizer).tokenizer_dir, model)
+    longest = max(len(render_prompt(tok, p)[1]) for p in problems)
+    need = longest + max_new_tokens
+    if user_max_seq_len is not None and user_max_seq_len < need:
+        raise FathomError(f"--max-seq-len {user_max_seq_len}: the longest prompt ({longest} tokens) + "
+                          f"--max-new-tokens ({max_new_tokens}) need {need}; raise it or leave it unset")
+    return user_max_seq_len or need
 
 
 def _endpoint_backend(model, endpoint, api_key, concurrency, tokenizer):
@@ -125,11 +149,13 @@ def _endpoint_backend(model, endpoint, api_key, concurrency, tokenizer):
 def metrics_lines(m: dict) -> list[str]:
     lo, hi = m["pass@1_ci95"]
     t = m["tokens"]
+    counts = ("not recorded" if t["mean"] is None
+              else f"mean {t['mean']:.0f}  p50 {t['p50']:.0f}  p90 {t['p90']:.0f}")
     lines = [f"  pass@1            {m['pass@1'] * 100:.2f}%  (95% CI {lo * 100:.2f} - {hi * 100:.2f})",
              "  pass@k            " + "  ".join(f"k={k} {v * 100:.2f}%" for k, v in m["pass@k"].items()),
              f"  cons@n            {m['cons@n'] * 100:.2f}%",
-             f"  output tokens     mean {t['mean']:.0f}  p50 {t['p50']:.0f}  p90 {t['p90']:.0f}  "
-             f"truncated {t['truncated_share'] * 100:.1f}%",
+             f"  output tokens     {counts}  truncated {t['truncated_share'] * 100:.1f}%",
+             f"  grader timeouts   {m.get('grader_timeouts', 0)}",
              "  problem           correct  majority (ok)"]
     for p in m["per_problem"]:
         mark = "yes" if p["majority_correct"] else "no"

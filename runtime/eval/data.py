@@ -33,12 +33,12 @@ class Problem:
     id: str
     problem: str
     answer: str  # the gold answer as text
-    demo_format: bool = False  # asked as the demo model was trained (no system message)
+    demo_user_message: str | None = None  # builtin:demo: the user turn the demo model was trained on
 
     def messages(self) -> list[dict[str, str]]:
         """The chat messages of the prompt (see the module docstring)."""
-        if self.demo_format:
-            return build_messages(f"{self.problem} {PROMPT_SUFFIX}")
+        if self.demo_user_message is not None:
+            return build_messages(self.demo_user_message)
         return build_messages(f"{PROMPT_SUFFIX} \n{self.problem}", system=PROMPT_SUFFIX)
 
 
@@ -59,7 +59,8 @@ def require_fields(row: object, where: str, fields: tuple[str, ...]) -> None:
 
 
 def problems_from_rows(rows: list[tuple[int, object]], name: str) -> list[Problem]:
-    """Problems from (line number, JSON value) rows; `name` names the source in errors."""
+    """Problems from (line number, JSON value) rows, problem text stripped as the card's
+    eval/utils/parser.py does; `name` names the source in errors."""
     problems, seen = [], set()
     for n, row in rows:
         where = f"{name}:{n}"
@@ -68,7 +69,8 @@ def problems_from_rows(rows: list[tuple[int, object]], name: str) -> list[Proble
         if pid in seen:
             raise DataError(f"{where}: id {pid!r} repeats an earlier line's; ids must be unique")
         seen.add(pid)
-        problems.append(Problem(pid, _text(row["problem"], where, "problem"), _text(row["answer"], where, "answer")))
+        problems.append(Problem(pid, _text(row["problem"], where, "problem").strip(),
+                                _text(row["answer"], where, "answer")))
     if not problems:
         raise DataError(f"{name}: no problems (empty file)")
     return problems
@@ -86,7 +88,7 @@ def load_problems(spec: str, limit: int | None = None) -> list[Problem]:
                             + ", ".join(f"builtin:{b}" for b in BUILTINS))
         if name == "demo":
             count = DEMO_PROBLEMS if limit is None else min(limit, DEMO_PROBLEMS)
-            return [Problem(str(i + 1), p.question, p.answer, demo_format=True)
+            return [Problem(str(i + 1), p.question, p.answer, demo_user_message=p.user_message)
                     for i, p in enumerate(make_problems(count, DEMO_SEED, "heldout"))]
         path = DATA_DIR / BUILTIN_FILES[name]
     else:

@@ -16,8 +16,7 @@ from fathom.runtime.sampling import SamplingParams
 from .backends import SampleJob
 from .data import Problem
 from .graders import get_grader
-from .metrics import summarize
-from .samples import SamplesWriter, graded_row, group_rows, read_finished
+from .samples import SamplesWriter, graded_row, read_finished, regraded, summarize_rows
 
 
 @dataclass(frozen=True)
@@ -28,6 +27,7 @@ class EvalOptions:
     max_new_tokens: int = 16384
     seed: int = 0
     grader: str = "strict"
+    data: str | None = None  # the --data spec, kept in the record and in every sample's settings
 
     def __post_init__(self) -> None:
         if self.samples < 1:
@@ -36,6 +36,11 @@ class EvalOptions:
 
     def sampling(self) -> SamplingParams:
         return SamplingParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p)
+
+    def settings(self) -> dict:
+        """What decides each sample's draw; a resumed run must repeat it (see `samples`)."""
+        return {"temperature": self.temperature, "top_p": self.top_p, "max_new_tokens": self.max_new_tokens,
+                "seed": self.seed, "data": self.data}
 
 
 def sample_seed(seed: int, problem_id: str, sample: int) -> int:
@@ -46,7 +51,8 @@ def sample_seed(seed: int, problem_id: str, sample: int) -> int:
 
 
 def render_prompt(tokenizer, problem: Problem) -> tuple[str, list[int]]:
-    """(text, token ids) of the problem's chat prompt with the generation prompt."""
+    """(text, token ids) of the problem's chat prompt with the generation prompt; every backend
+    is sent the token ids."""
     from fathom.runtime.chat import raw_prompt_ids
 
     if not getattr(tokenizer, "chat_template", None):
@@ -55,38 +61,57 @@ def render_prompt(tokenizer, problem: Problem) -> tuple[str, list[int]]:
     return text, raw_prompt_ids(tokenizer, text)
 
 
-def _resumed_rows(out: str | None, resume: bool, problems: list[Problem], options: EvalOptions) -> list[dict]:
+def _resumed_rows(writer: SamplesWriter, out: str | None, resume: bool, problems: list[Problem],
+                  options: EvalOptions, grader) -> list[dict]:
+    """The finished samples of `out` this run keeps, graded again with `grader` (the file is
+    rewritten when a grade changes). Refuses a file drawn with other settings or other data."""
     if not resume:
         return []
     if out is None:
         raise FathomError("--resume: continues an --out file; give --out FILE")
-    wanted = {(p.id, k) for p in problems for k in range(options.samples)}
-    rows = [r for r in read_finished(out) if (str(r["problem_id"]), r["sample"]) in wanted]
-    gold = {p.id: p.answer for p in problems}
+    rows = read_finished(out)
+    settings = options.settings()
     for r in rows:
-        if str(r.get("answer")) != gold[str(r["problem_id"])]:
-            raise FathomError(f"--resume {out}: problem {r['problem_id']} has gold answer {r.get('answer')!r} "
+        for key, value in settings.items():
+            theirs = r["settings"].get(key) if isinstance(r["settings"], dict) else None
+            if theirs != value:
+                flag = "--data" if key == "data" else "--" + key.replace("_", "-")
+                raise FathomError(f"--resume {out}: its samples were drawn with {flag} {theirs!r}, this run asks "
+                                  f"{value!r}; repeat the first run's settings or write a new --out")
+    graded = [regraded(r, grader) for r in rows]
+    if any(g["correct"] != r.get("correct") or g["extracted"] != r.get("extracted") for g, r in zip(graded, rows)):
+        writer.rewrite(graded)
+    wanted = {(p.id, k) for p in problems for k in range(options.samples)}
+    kept = [r for r in graded if (str(r["problem_id"]), r["sample"]) in wanted]
+    gold = {p.id: p.answer for p in problems}
+    for r in kept:
+        if str(r["answer"]) != gold[str(r["problem_id"])]:
+            raise FathomError(f"--resume {out}: problem {r['problem_id']} has gold answer {r['answer']!r} "
                               f"there, {gold[str(r['problem_id'])]!r} in --data; not the same data set")
-    return rows
+    return kept
 
 
 def run_eval(backend, tokenizer, problems: list[Problem], options: EvalOptions, out: str | None = None,
-             resume: bool = False, progress: bool = False) -> dict:
+             resume: bool = False, progress: bool = False, force: bool = False) -> dict:
     """Sample, grade and summarize. Every sample is appended to `out` as it finishes; with
-    `resume`, samples already in `out` are kept and not drawn again. Returns
-    {"parameters", "metrics", "out"}; metrics are `metrics.summarize`'s."""
+    `resume`, samples already in `out` are kept (graded again) and not drawn again; a non-empty
+    `out` is refused unless `resume` or `force`. Returns {"parameters", "metrics", "out"};
+    metrics are `samples.summarize_rows`'s."""
+    if resume and out is None:
+        raise FathomError("--resume: continues an --out file; give --out FILE")
     grader = get_grader(options.grader)
-    rows = _resumed_rows(out, resume, problems, options)
+    writer = SamplesWriter(out, resume, force)
+    rows = _resumed_rows(writer, out, resume, problems, options, grader)
     done = {(str(r["problem_id"]), r["sample"]) for r in rows}
-    writer = SamplesWriter(out, resume)
     jobs = []
     for p in problems:
         missing = [k for k in range(options.samples) if (p.id, k) not in done]
         if missing:
-            text, ids = render_prompt(tokenizer, p)
-            jobs += [SampleJob(p, k, text, ids, sample_seed(options.seed, p.id, k)) for k in missing]
+            _, ids = render_prompt(tokenizer, p)
+            jobs += [SampleJob(p, k, ids, sample_seed(options.seed, p.id, k)) for k in missing]
     from tqdm import tqdm
 
+    settings = options.settings()
     correct = sum(bool(r["correct"]) for r in rows)
     bar = tqdm(total=len(problems) * options.samples, initial=len(rows), file=sys.stderr, disable=not progress,
                unit="sample", dynamic_ncols=True)
@@ -94,7 +119,7 @@ def run_eval(backend, tokenizer, problems: list[Problem], options: EvalOptions, 
         for result in backend.generate(jobs, options.sampling()):
             job = result.job
             row = graded_row(job.problem.id, job.sample, job.problem.problem, job.problem.answer, result.completion,
-                             result.output_tokens, result.finish_reason == "length", grader)
+                             result.output_tokens, result.finish_reason == "length", grader, settings)
             writer.write(row)
             rows.append(row)
             correct += row["correct"]
@@ -105,7 +130,7 @@ def run_eval(backend, tokenizer, problems: list[Problem], options: EvalOptions, 
     order = {p.id: i for i, p in enumerate(problems)}
     rows.sort(key=lambda r: (order[str(r["problem_id"])], r["sample"]))
     return {"parameters": {**asdict(options), "problems": len(problems), "resumed_samples": len(done)},
-            "metrics": summarize(group_rows(rows), grader), "out": out}
+            "metrics": summarize_rows(rows, grader), "out": out}
 
 
 def eval_record(result: dict, model: dict, executor_info: dict) -> dict:

@@ -1,7 +1,9 @@
 """The samples file: one JSON line per graded sample, appended as it finishes; resume and grouping.
 
 Each line: problem_id, sample, problem, answer (gold), completion, extracted, correct,
-output_tokens, truncated (the output hit --max-new-tokens: finish_reason "length").
+output_tokens (None when the endpoint did not report usage), truncated (the output hit
+--max-new-tokens: finish_reason "length") and settings (the draw's temperature, top_p,
+max_new_tokens, seed and data, which a resumed run must repeat).
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ from pathlib import Path
 from fathom.build.errors import FathomError
 
 from .answers import extract_boxed
-from .metrics import ProblemSamples
+from .metrics import ProblemSamples, summarize
+
+# What a resumed run needs of each line (correct and extracted are graded again).
+RESUME_FIELDS = ("problem_id", "sample", "problem", "answer", "completion", "output_tokens", "truncated", "settings")
 
 
 class SamplesFileError(FathomError):
@@ -21,11 +26,17 @@ class SamplesFileError(FathomError):
 
 
 def graded_row(problem_id: str, sample: int, problem: str | None, gold: str, completion: str,
-               output_tokens: int, truncated: bool, grader) -> dict:
+               output_tokens: int | None, truncated: bool, grader, settings: dict | None = None) -> dict:
     extracted = extract_boxed(completion)
     return {"problem_id": problem_id, "sample": sample, "problem": problem, "answer": gold,
             "completion": completion, "extracted": extracted, "correct": bool(grader.equivalent(extracted, gold)),
-            "output_tokens": output_tokens, "truncated": truncated}
+            "output_tokens": output_tokens, "truncated": truncated, "settings": settings}
+
+
+def regraded(row: dict, grader) -> dict:
+    """`row` graded again with `grader` (a resumed run's grader may differ from the first run's)."""
+    return graded_row(row["problem_id"], row["sample"], row["problem"], row["answer"], row["completion"],
+                      row["output_tokens"], row["truncated"], grader, row["settings"])
 
 
 def read_finished(path: str | Path) -> list[dict]:
@@ -54,20 +65,28 @@ def read_finished(path: str | Path) -> list[dict]:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise SamplesFileError(f"--out {path}:{n}: not valid JSON ({e.msg}); not a samples file?") from e
-        if not isinstance(row, dict) or not {"problem_id", "sample", "correct"} <= row.keys():
-            raise SamplesFileError(f"--out {path}:{n}: expected a sample with fields problem_id, sample, correct")
+        missing = [f for f in RESUME_FIELDS if f not in row] if isinstance(row, dict) else list(RESUME_FIELDS)
+        if missing:
+            raise SamplesFileError(f"--out {path}:{n}: expected a `fathom eval --out` sample, field "
+                                   f"{missing[0]!r} missing")
+        if not isinstance(row["sample"], int) or isinstance(row["sample"], bool):
+            raise SamplesFileError(f"--out {path}:{n}: field 'sample' must be an integer, got {row['sample']!r}")
         rows.append(row)
     return rows
 
 
 class SamplesWriter:
-    """Appends one line per sample with a single write, so an interruption loses at most one line."""
+    """Appends one line per sample with a single write, so an interruption loses at most one line.
+    A non-empty file is only continued (`resume`) or replaced (`force`), never silently wiped."""
 
-    def __init__(self, path: str | Path | None, resume: bool):
+    def __init__(self, path: str | Path | None, resume: bool, force: bool = False):
         self.path = Path(path) if path is not None else None
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if not resume:
+                if not force and self.path.is_file() and self.path.stat().st_size > 0:
+                    raise SamplesFileError(f"--out {self.path}: holds samples already; --resume continues it, "
+                                           "--force replaces it")
                 self.path.write_bytes(b"")
 
     def write(self, row: dict) -> None:
@@ -75,22 +94,44 @@ class SamplesWriter:
             return
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
-            os.write(fd, (json.dumps(row, ensure_ascii=False) + "\n").encode())
+            os.write(fd, _line(row))
         finally:
             os.close(fd)
 
+    def rewrite(self, rows: list[dict]) -> None:
+        """Replace the file's rows (regraded on resume) in one rename, so an interruption keeps one version."""
+        if self.path is None:
+            return
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_bytes(b"".join(_line(r) for r in rows))
+        os.replace(tmp, self.path)
+
+
+def _line(row: dict) -> bytes:
+    return (json.dumps(row, ensure_ascii=False) + "\n").encode()
+
 
 def group_rows(rows: list[dict]) -> list[ProblemSamples]:
-    """Rows -> one ProblemSamples per problem_id (first-seen order), samples in `sample` order."""
+    """Rows -> one ProblemSamples per problem_id (first-seen order), samples in `sample` order.
+    Unrecorded output tokens (None) count 0 here; `summarize_rows` reports them as not recorded."""
     by_problem: dict[str, list[dict]] = {}
     for row in rows:
         by_problem.setdefault(str(row["problem_id"]), []).append(row)
     out = []
     for pid, group in by_problem.items():
-        group = sorted(group, key=lambda r: r.get("sample", 0))
+        group = sorted(group, key=lambda r: r["sample"])
         out.append(ProblemSamples(
             problem_id=pid, gold=str(group[0]["answer"]), answers=[r["extracted"] for r in group],
             correct=[bool(r["correct"]) for r in group],
-            output_tokens=[int(r.get("output_tokens") or 0) for r in group],
-            truncated=[bool(r.get("truncated")) for r in group]))
+            output_tokens=[r["output_tokens"] or 0 for r in group],
+            truncated=[bool(r["truncated"]) for r in group]))
     return out
+
+
+def summarize_rows(rows: list[dict], grader) -> dict:
+    """`metrics.summarize` of graded rows; token statistics are None (not recorded) when any
+    sample lacks its output token count."""
+    metrics = summarize(group_rows(rows), grader)
+    if any(r["output_tokens"] is None for r in rows):
+        metrics["tokens"].update(mean=None, p50=None, p90=None)
+    return metrics
