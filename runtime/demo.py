@@ -121,7 +121,8 @@ def sampled_eval(v: Variant, tok, device: str) -> dict:
     from .eval.data import load_problems
     from .eval.run import EvalOptions, eval_record, run_eval
 
-    executor = create_executor("auto", v.source, dtype="float32", device=device, eos_ids=v.source.config.eos_token_ids,
+    # bfloat16 activations: the bf16 checkpoint runs as bf16, the FP8 one with its bf16 compute dtype.
+    executor = create_executor("auto", v.source, dtype="bfloat16", device=device, eos_ids=v.source.config.eos_token_ids,
                                max_seq_len=512, prefix_reuse=True)
     problems = load_problems("builtin:demo", limit=EVAL_PROBLEMS)
     result = run_eval(ExecutorBackend(executor, tok), tok, problems,
