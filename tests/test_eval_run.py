@@ -387,3 +387,39 @@ def test_problem_text_is_stripped(tmp_path):
 def test_demo_prompt_is_the_arith_user_message():
     p = load_problems("builtin:demo", limit=1)[0]
     assert p.messages() == [{"role": "user", "content": make_problems(1, 0, "heldout")[0].user_message}]
+
+
+class OneAtATimeExecutor:
+    """Finishes the oldest submitted request on each step (one token, "stop"); reports `slots`."""
+
+    def __init__(self, slots):
+        self.slots, self.queue, self.log = slots, [], []
+
+    def describe(self):
+        return {"max_num_seqs": self.slots}
+
+    def submit(self, request):
+        self.log.append(("submit", request.request_id))
+        self.queue.append(request.request_id)
+
+    def has_pending(self):
+        return bool(self.queue)
+
+    def step(self):
+        from fathom.runtime.executor import TokenEvent
+
+        rid = self.queue.pop(0)
+        self.log.append(("finish", rid))
+        return [TokenEvent(rid, None, 0.0, "stop")]
+
+    def cancel(self, request_id):
+        pass
+
+
+def test_next_group_is_submitted_when_one_slot_frees_with_n_equal_to_slots(demo_runtime):
+    _, tok = demo_runtime
+    executor = OneAtATimeExecutor(slots=3)  # -n 3 == max_num_seqs 3
+    problems = [Problem("1", "q", "1"), Problem("2", "q", "1")]
+    run_eval(ExecutorBackend(executor, tok), tok, problems, OPTIONS)
+    assert executor.log[:5] == [("submit", "1/0"), ("submit", "1/1"), ("submit", "1/2"), ("finish", "1/0"),
+                                ("submit", "2/0")]

@@ -39,8 +39,8 @@ class SampleOutput:
 class ExecutorBackend:
     """Samples on a fathom executor. The pending samples of one problem are submitted together:
     they share the prompt, so with prefix reuse (torch executor) its KV blocks are computed once.
-    Further problems' groups are submitted while the executor has free sequence slots
-    (`max_num_seqs`), so one slow sample does not leave the others idle."""
+    The next problem's group is submitted as soon as a sequence slot (`max_num_seqs`) is free; the
+    executor queues what exceeds its slots, so one slow sample does not leave the others idle."""
 
     def __init__(self, executor, tokenizer):
         self.executor, self.tokenizer = executor, tokenizer
@@ -54,7 +54,7 @@ class ExecutorBackend:
         choices: dict[str, tuple[SampleJob, Choice]] = {}
         running = 0
         while waiting or self.executor.has_pending():
-            while waiting and (running == 0 or running + len(waiting[0]) <= slots):
+            while waiting and running < slots:
                 group = waiting.pop(0)
                 for i, job in enumerate(group):
                     rid = f"{job.problem.id}/{job.sample}"
