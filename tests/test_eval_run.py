@@ -423,3 +423,39 @@ def test_next_group_is_submitted_when_one_slot_frees_with_n_equal_to_slots(demo_
     run_eval(ExecutorBackend(executor, tok), tok, problems, OPTIONS)
     assert executor.log[:5] == [("submit", "1/0"), ("submit", "1/1"), ("submit", "1/2"), ("finish", "1/0"),
                                 ("submit", "2/0")]
+
+
+IN_PROCESS = {"model": "demo", "executor": "torch", "dtype": "float32", "precision": None, "kv_cache_format": "model"}
+
+
+@pytest.mark.parametrize("first, second, message", [
+    (IN_PROCESS, {**IN_PROCESS, "dtype": "bfloat16"}, "drawn with --dtype 'float32', this run asks 'bfloat16'"),
+    (IN_PROCESS, {**IN_PROCESS, "model": "other"}, "drawn with MODEL 'demo', this run asks 'other'"),
+    (IN_PROCESS, {**IN_PROCESS, "precision": "fp8"}, "drawn with the weight precision None, this run asks 'fp8'"),
+    (IN_PROCESS, {**IN_PROCESS, "kv_cache_format": "fp8"}, "drawn with KV cache format 'model'"),
+    (IN_PROCESS, {"model": "demo", "endpoint": "http://h/v1/completions"}, "drawn with --endpoint None, this run asks 'http://h/v1/completions'"),
+    ({"model": "demo", "endpoint": "http://a/v1/completions"}, {"model": "demo", "endpoint": "http://b/v1/completions"},
+     "drawn with --endpoint 'http://a/v1/completions'"),
+])
+def test_resume_refuses_samples_drawn_by_another_model(demo_runtime, tmp_path, first, second, message):
+    _, tok = demo_runtime
+    problems, out = [Problem("1", "q", "1")], str(tmp_path / "s.jsonl")
+    run_eval(ScriptedBackend("1"), tok, problems, replace(OPTIONS, source=first), out=out)
+    assert read_rows(out)[0]["settings"] == {**OPTIONS.settings(), **first}
+    with pytest.raises(FathomError) as e:
+        run_eval(ScriptedBackend("1"), tok, problems, replace(OPTIONS, source=second), out=out, resume=True)
+    assert message in str(e.value) and "\n" not in str(e.value)
+    again = ScriptedBackend("1")
+    run_eval(again, tok, problems, replace(OPTIONS, source=first), out=out, resume=True)
+    assert again.jobs == []
+
+
+def test_cli_resume_refuses_another_dtype(tmp_path):
+    out = str(tmp_path / "s.jsonl")
+    args = ["eval", "demo", *DEMO_ARGS, "--limit", "1", "-n", "1", "--out", out]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    assert read_rows(out)[0]["settings"]["dtype"] == "float32"
+    other = CliRunner().invoke(main, [*args, "--resume", "--dtype", "bfloat16"])
+    assert other.exit_code != 0 and "drawn with --dtype 'float32', this run asks 'bfloat16'" in other.output
+    assert "Traceback" not in other.output

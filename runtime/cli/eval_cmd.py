@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 
 import click
 from click.core import ParameterSource
@@ -40,8 +41,9 @@ def _grader_names():
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Samples JSONL, one line per sample as it finishes.")
 @click.option("--resume", is_flag=True, help="Continue --out: samples already there are not drawn again "
-                                           "(same --temperature, --top-p, --max-new-tokens, --seed, --data; "
-                                           "they are graded again with --grader).")
+                                           "(same --temperature, --top-p, --max-new-tokens, --seed, --data "
+                                           "and model: MODEL, --endpoint or the executor, dtype, "
+                                           "precision and KV cache format; they are graded again with --grader).")
 @click.option("--force", is_flag=True, help="Replace a non-empty --out instead of refusing it.")
 @click.option("--regrade", type=click.Path(dir_okay=False), default=None, metavar="SAMPLES.jsonl",
               help="Grade recorded samples ({\"answer\", \"completion\"[, \"problem\"]} per line); no model.")
@@ -78,13 +80,14 @@ def eval_command(ctx, model, data, samples, temperature, top_p, max_new_tokens, 
     if resume and out is None:
         raise FathomError("--resume: continues an --out file; give --out FILE")
     from fathom.runtime.eval.data import load_problems
-    from fathom.runtime.eval.run import EvalOptions, eval_record, run_eval
+    from fathom.runtime.eval.run import EvalOptions, eval_record, run_eval, sample_source
 
     options = EvalOptions(samples=samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                           seed=seed, grader=grader, data=data)
     problems = load_problems(data, limit)
     if endpoint:
         backend, tok, info = _endpoint_backend(model, endpoint, api_key, concurrency, tokenizer)
+        source = sample_source(model, endpoint=backend.url)
     else:
         from fathom.runtime.eval.backends import ExecutorBackend
 
@@ -97,7 +100,8 @@ def eval_command(ctx, model, data, samples, temperature, top_p, max_new_tokens, 
             raise FathomError(f"--max-new-tokens {max_new_tokens}: the longest prompt + the output need "
                               f"{max_seq_len} tokens, the model's context holds {held}")
         backend, info = ExecutorBackend(ex, tok), ex.describe()
-    result = run_eval(backend, tok, problems, options, out=out, resume=resume, force=force,
+        source = sample_source(model, info)
+    result = run_eval(backend, tok, problems, replace(options, source=source), out=out, resume=resume, force=force,
                       progress=sys.stderr.isatty() and not as_json)
     saved = None
     if not no_record:
