@@ -433,7 +433,8 @@ IN_PROCESS = {"model": "demo", "executor": "torch", "dtype": "float32", "precisi
     (IN_PROCESS, {**IN_PROCESS, "model": "other"}, "drawn with MODEL 'demo', this run asks 'other'"),
     (IN_PROCESS, {**IN_PROCESS, "precision": "fp8"}, "drawn with the weight precision None, this run asks 'fp8'"),
     (IN_PROCESS, {**IN_PROCESS, "kv_cache_format": "fp8"}, "drawn with KV cache format 'model'"),
-    (IN_PROCESS, {"model": "demo", "endpoint": "http://h/v1/completions"}, "drawn with --endpoint None, this run asks 'http://h/v1/completions'"),
+    (IN_PROCESS, {"model": "demo", "endpoint": "http://h/v1/completions"},
+     "drawn with --endpoint None, this run asks 'http://h/v1/completions'"),
     ({"model": "demo", "endpoint": "http://a/v1/completions"}, {"model": "demo", "endpoint": "http://b/v1/completions"},
      "drawn with --endpoint 'http://a/v1/completions'"),
 ])
