@@ -460,3 +460,23 @@ def test_cli_resume_refuses_another_dtype(tmp_path):
     other = CliRunner().invoke(main, [*args, "--resume", "--dtype", "bfloat16"])
     assert other.exit_code != 0 and "drawn with --dtype 'float32', this run asks 'bfloat16'" in other.output
     assert "Traceback" not in other.output
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"completion": 5}, ":1: field 'completion' must be a string, got int"),
+    ({"answer": None}, ":1: field 'answer' must be a string or a number, got None"),
+    ({"output_tokens": "many"}, ":1: field 'output_tokens' must be a non-negative integer, got 'many'"),
+    ({"truncated": "no"}, ":1: field 'truncated' must be true or false"),
+    ({"sample": None}, ":1: field 'sample' must be a non-negative integer, got None"),
+    ({"sample": -1}, ":1: field 'sample' must be a non-negative integer, got -1"),
+])
+def test_resume_refuses_rows_of_the_wrong_type(demo_runtime, tmp_path, change, message):
+    _, tok = demo_runtime
+    row = {"problem_id": "1", "sample": 0, "problem": "q", "answer": "1", "completion": "\\boxed{1}",
+           "output_tokens": 1, "truncated": False, "settings": OPTIONS.settings()}
+    out = write_jsonl(tmp_path / "s.jsonl", [{**row, **change}])
+    backend = ScriptedBackend("1")
+    with pytest.raises(FathomError) as e:
+        run_eval(backend, tok, [Problem("1", "q", "1")], OPTIONS, out=out, resume=True)
+    assert message in str(e.value) and "s.jsonl:1" in str(e.value) and "\n" not in str(e.value)
+    assert backend.jobs == []

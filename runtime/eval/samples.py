@@ -34,9 +34,26 @@ def graded_row(problem_id: str, sample: int, problem: str | None, gold: str, com
             "output_tokens": output_tokens, "truncated": truncated, "settings": settings}
 
 
+def check_sample_types(row: dict, where: str, error: type[FathomError]) -> None:
+    """Refuse a sample row whose fields have the wrong type (`error` naming `where` and the field):
+    completion a string, answer a string or a number, sample and output_tokens non-negative integers
+    or absent/null, truncated true/false or absent/null."""
+    if not isinstance(row.get("completion"), str):
+        raise error(f"{where}: field 'completion' must be a string, got {type(row.get('completion')).__name__}")
+    answer = row.get("answer")
+    if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
+        raise error(f"{where}: field 'answer' must be a string or a number, got {answer!r}")
+    for field in ("sample", "output_tokens"):
+        value = row.get(field)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise error(f"{where}: field '{field}' must be a non-negative integer, got {value!r}")
+    if row.get("truncated") is not None and not isinstance(row["truncated"], bool):
+        raise error(f"{where}: field 'truncated' must be true or false, got {row['truncated']!r}")
+
+
 def regraded(row: dict, grader) -> dict:
     """`row` graded again with `grader` (a resumed run's grader may differ from the first run's)."""
-    return graded_row(row["problem_id"], row["sample"], row["problem"], row["answer"], row["completion"],
+    return graded_row(row["problem_id"], row["sample"], row["problem"], str(row["answer"]), row["completion"],
                       row["output_tokens"], row["truncated"], grader, row["settings"])
 
 
@@ -70,8 +87,10 @@ def read_finished(path: str | Path) -> list[dict]:
         if missing:
             raise SamplesFileError(f"--out {path}:{n}: expected a `fathom eval --out` sample, field "
                                    f"{missing[0]!r} missing")
-        if not isinstance(row["sample"], int) or isinstance(row["sample"], bool):
-            raise SamplesFileError(f"--out {path}:{n}: field 'sample' must be an integer, got {row['sample']!r}")
+        where = f"--out {path}:{n}"
+        if row["sample"] is None:
+            raise SamplesFileError(f"{where}: field 'sample' must be a non-negative integer, got None")
+        check_sample_types(row, where, SamplesFileError)
         rows.append(row)
     return rows
 
