@@ -362,6 +362,12 @@ def test_cli_sizes_the_context_to_prompt_plus_output(monkeypatch):
     ([{"answer": "1", "completion": "x", "truncated": "no"}], ":1: field 'truncated' must be true or false"),
     ([{"problem_id": "a", "answer": "1", "completion": "x"}, {"problem_id": "a", "answer": "2", "completion": "x"}],
      ":2: field 'answer' '2' differs from '1' on line 1 for the same problem 'a'"),
+    ([{"problem_id": 1, "sample": 0, "answer": "1", "completion": "x"},
+      {"problem_id": "1", "sample": 0, "answer": "1", "completion": "x"}],
+     ":2: problem '1' sample 0 repeats line 1; each sample must appear once"),
+    ([{"problem_id": "a", "answer": "1", "completion": "x"}, {"problem_id": "a", "sample": 0, "answer": "1",
+                                                             "completion": "x"}],
+     ":2: problem 'a' sample 0 repeats line 1"),
 ])
 def test_regrade_input_checks(tmp_path, rows, message):
     with pytest.raises(FathomError) as e:
@@ -480,3 +486,13 @@ def test_resume_refuses_rows_of_the_wrong_type(demo_runtime, tmp_path, change, m
         run_eval(backend, tok, [Problem("1", "q", "1")], OPTIONS, out=out, resume=True)
     assert message in str(e.value) and "s.jsonl:1" in str(e.value) and "\n" not in str(e.value)
     assert backend.jobs == []
+
+
+def test_resume_refuses_a_sample_twice(demo_runtime, tmp_path):
+    _, tok = demo_runtime
+    row = {"problem_id": "1", "sample": 0, "problem": "q", "answer": "1", "completion": "\\boxed{1}",
+           "output_tokens": 1, "truncated": False, "settings": OPTIONS.settings()}
+    out = write_jsonl(tmp_path / "s.jsonl", [row, {**row, "sample": 1}, row])
+    with pytest.raises(FathomError) as e:
+        run_eval(ScriptedBackend("1"), tok, [Problem("1", "q", "1")], OPTIONS, out=out, resume=True)
+    assert "s.jsonl:3: problem '1' sample 0 repeats line 1" in str(e.value) and "\n" not in str(e.value)

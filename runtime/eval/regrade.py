@@ -14,13 +14,13 @@ from fathom.runtime.records import read_jsonl
 
 from .data import DataError, require_fields
 from .graders import get_grader
-from .samples import check_sample_types, graded_row, summarize_rows
+from .samples import check_sample_types, check_unique_sample, graded_row, summarize_rows
 
 
 def regrade(path: str, grader_name: str = "strict") -> dict:
     """{"samples": graded rows, "metrics": summarize_rows(...), "grader"}."""
     grader = get_grader(grader_name)
-    rows, counts, golds = [], {}, {}
+    rows, counts, golds, seen = [], {}, {}, {}
     for n, row in read_jsonl(path, DataError):
         where = f"{path}:{n}"
         require_fields(row, where, ("answer", "completion"))
@@ -34,6 +34,7 @@ def regrade(path: str, grader_name: str = "strict") -> dict:
                             f"same problem {pid!r}")
         sample = counts.get(pid, 0) if row.get("sample") is None else row["sample"]
         counts[pid] = counts.get(pid, 0) + 1
+        check_unique_sample(seen, pid, sample, n, where, DataError)
         rows.append(graded_row(pid, sample, row.get("problem"), gold, row["completion"],
                                row.get("output_tokens"), bool(row.get("truncated")), grader,
                                row.get("settings")))

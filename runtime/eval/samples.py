@@ -51,6 +51,15 @@ def check_sample_types(row: dict, where: str, error: type[FathomError]) -> None:
         raise error(f"{where}: field 'truncated' must be true or false, got {row['truncated']!r}")
 
 
+def check_unique_sample(seen: dict, problem_id: str, sample: int, line: int, where: str,
+                        error: type[FathomError]) -> None:
+    """Refuse a (problem_id, sample) already in `seen` ({key: line}, updated), so no sample counts twice."""
+    first = seen.setdefault((problem_id, sample), line)
+    if first != line:
+        raise error(f"{where}: problem {problem_id!r} sample {sample} repeats line {first}; "
+                    "each sample must appear once")
+
+
 def regraded(row: dict, grader) -> dict:
     """`row` graded again with `grader` (a resumed run's grader may differ from the first run's)."""
     return graded_row(row["problem_id"], row["sample"], row["problem"], str(row["answer"]), row["completion"],
@@ -75,7 +84,7 @@ def read_finished(path: str | Path) -> list[dict]:
         except json.JSONDecodeError:
             data = data[:len(data) - len(lines[-1])]
         path.write_bytes(data)
-    rows = []
+    rows, seen = [], {}
     for n, line in enumerate(data.decode().splitlines(), 1):
         if not line.strip():
             continue
@@ -91,6 +100,7 @@ def read_finished(path: str | Path) -> list[dict]:
         if row["sample"] is None:
             raise SamplesFileError(f"{where}: field 'sample' must be a non-negative integer, got None")
         check_sample_types(row, where, SamplesFileError)
+        check_unique_sample(seen, str(row["problem_id"]), row["sample"], n, where, SamplesFileError)
         rows.append(row)
     return rows
 
