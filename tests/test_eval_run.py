@@ -496,3 +496,15 @@ def test_resume_refuses_a_sample_twice(demo_runtime, tmp_path):
     with pytest.raises(FathomError) as e:
         run_eval(ScriptedBackend("1"), tok, [Problem("1", "q", "1")], OPTIONS, out=out, resume=True)
     assert "s.jsonl:3: problem '1' sample 0 repeats line 1" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_out_that_cannot_be_created_is_a_one_line_error(demo_runtime, tmp_path, resume):
+    _, tok = demo_runtime
+    (tmp_path / "file").write_text("")
+    for out in (tmp_path / "file" / "s.jsonl", tmp_path):
+        with pytest.raises(FathomError) as e:
+            run_eval(ScriptedBackend("1"), tok, [Problem("1", "q", "1")], OPTIONS, out=str(out), resume=resume)
+        assert f"--out {out}: " in str(e.value) and "\n" not in str(e.value)
+    r = CliRunner().invoke(main, ["eval", "demo", *DEMO_ARGS, "--out", str(tmp_path / "file" / "s.jsonl")])
+    assert r.exit_code != 0 and "--out " in r.output and "Traceback" not in r.output

@@ -111,22 +111,32 @@ class SamplesWriter:
 
     def __init__(self, path: str | Path | None, resume: bool, force: bool = False):
         self.path = Path(path) if path is not None else None
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            if not resume:
-                if not force and self.path.is_file() and self.path.stat().st_size > 0:
-                    raise SamplesFileError(f"--out {self.path}: holds samples already; --resume continues it, "
-                                           "--force replaces it")
-                self.path.write_bytes(b"")
-
-    def write(self, row: dict) -> None:
         if self.path is None:
             return
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        if not resume and not force and self.path.is_file() and self.path.stat().st_size > 0:
+            raise SamplesFileError(f"--out {self.path}: holds samples already; --resume continues it, "
+                                   "--force replaces it")
         try:
-            os.write(fd, _line(row))
-        finally:
-            os.close(fd)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise SamplesFileError(f"--out {self.path}: cannot create its folder ({e.strerror or e})") from e
+        self._append(b"" if resume else None)
+
+    def write(self, row: dict) -> None:
+        if self.path is not None:
+            self._append(_line(row))
+
+    def _append(self, data: bytes | None) -> None:
+        """Append `data` with one write (None: empty the file), creating the file if needed."""
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if data is None else os.O_APPEND)
+        try:
+            fd = os.open(self.path, flags, 0o644)
+            try:
+                os.write(fd, data or b"")
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise SamplesFileError(f"--out {self.path}: cannot write ({e.strerror or e})") from e
 
     def rewrite(self, rows: list[dict]) -> None:
         """Replace the file's rows (regraded on resume) in one rename, so an interruption keeps one version."""
