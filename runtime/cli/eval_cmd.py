@@ -155,10 +155,11 @@ def metrics_lines(m: dict) -> list[str]:
     t = m["tokens"]
     counts = ("not recorded" if t["mean"] is None
               else f"mean {t['mean']:.0f}  p50 {t['p50']:.0f}  p90 {t['p90']:.0f}")
+    truncated = "not recorded" if t["truncated_share"] is None else f"{t['truncated_share'] * 100:.1f}%"
     lines = [f"  pass@1            {m['pass@1'] * 100:.2f}%  (95% CI {lo * 100:.2f} - {hi * 100:.2f})",
              "  pass@k            " + "  ".join(f"k={k} {v * 100:.2f}%" for k, v in m["pass@k"].items()),
              f"  cons@n            {m['cons@n'] * 100:.2f}%",
-             f"  output tokens     {counts}  truncated {t['truncated_share'] * 100:.1f}%",
+             f"  output tokens     {counts}  truncated {truncated}",
              f"  grader timeouts   {m.get('grader_timeouts', 0)}",
              "  problem           correct  majority (ok)"]
     for p in m["per_problem"]:

@@ -2,7 +2,8 @@
 
 Input: JSONL, one sample a line, with `answer` (gold) and `completion` (the model's output).
 Optional: `problem_id` (a string or a number), `sample` (an integer), `output_tokens` (an
-integer, else token statistics are reported as not recorded) and `truncated` (true/false).
+integer, else token statistics are reported as not recorded) and `truncated` (true/false, else
+the truncated share is reported as not recorded).
 Samples group into problems by `problem_id`; lines without one group by their `problem` text;
 a line with neither is a problem of its own (one sample, so pass@k and cons@n see n = 1). All
 lines of one problem must give the same gold answer. A `fathom eval --out` file qualifies as is.
@@ -36,7 +37,7 @@ def regrade(path: str, grader_name: str = "strict") -> dict:
         counts[pid] = counts.get(pid, 0) + 1
         check_unique_sample(seen, pid, sample, n, where, DataError)
         rows.append(graded_row(pid, sample, row.get("problem"), gold, row["completion"],
-                               row.get("output_tokens"), bool(row.get("truncated")), grader,
+                               row.get("output_tokens"), row.get("truncated"), grader,
                                row.get("settings")))
     if not rows:
         raise DataError(f"{path}: no samples (empty file)")

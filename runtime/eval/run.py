@@ -140,8 +140,9 @@ def run_eval(backend, tokenizer, problems: list[Problem], options: EvalOptions, 
     try:
         for result in backend.generate(jobs, options.sampling()):
             job = result.job
+            truncated = None if result.finish_reason is None else result.finish_reason == "length"
             row = graded_row(job.problem.id, job.sample, job.problem.problem, job.problem.answer, result.completion,
-                             result.output_tokens, result.finish_reason == "length", grader, settings)
+                             result.output_tokens, truncated, grader, settings)
             writer.write(row)
             rows.append(row)
             correct += row["correct"]

@@ -2,7 +2,7 @@
 
 Each line: problem_id, sample, problem, answer (gold), completion, extracted, correct,
 output_tokens (None when the endpoint did not report usage), truncated (the output hit
---max-new-tokens: finish_reason "length") and settings (the draw's temperature, top_p,
+--max-new-tokens: finish_reason "length"; None when the endpoint gave no finish_reason) and settings (the draw's temperature, top_p,
 max_new_tokens, seed, data and what drew it: the model with its executor, dtype, precision and
 KV cache format, or its endpoint; a resumed run must repeat them).
 """
@@ -27,7 +27,7 @@ class SamplesFileError(FathomError):
 
 
 def graded_row(problem_id: str, sample: int, problem: str | None, gold: str, completion: str,
-               output_tokens: int | None, truncated: bool, grader, settings: dict | None = None) -> dict:
+               output_tokens: int | None, truncated: bool | None, grader, settings: dict | None = None) -> dict:
     extracted = extract_boxed(completion)
     return {"problem_id": problem_id, "sample": sample, "problem": problem, "answer": gold,
             "completion": completion, "extracted": extracted, "correct": bool(grader.equivalent(extracted, gold)),
@@ -153,7 +153,8 @@ def _line(row: dict) -> bytes:
 
 def group_rows(rows: list[dict]) -> list[ProblemSamples]:
     """Rows -> one ProblemSamples per problem_id (first-seen order), samples in `sample` order.
-    Unrecorded output tokens (None) count 0 here; `summarize_rows` reports them as not recorded."""
+    Unrecorded output tokens and truncation (None) count 0 and False here; `summarize_rows` reports
+    them as not recorded."""
     by_problem: dict[str, list[dict]] = {}
     for row in rows:
         by_problem.setdefault(str(row["problem_id"]), []).append(row)
@@ -170,8 +171,10 @@ def group_rows(rows: list[dict]) -> list[ProblemSamples]:
 
 def summarize_rows(rows: list[dict], grader) -> dict:
     """`metrics.summarize` of graded rows; token statistics are None (not recorded) when any
-    sample lacks its output token count."""
+    sample lacks its output token count, the truncated share when any sample's is unknown."""
     metrics = summarize(group_rows(rows), grader)
     if any(r["output_tokens"] is None for r in rows):
         metrics["tokens"].update(mean=None, p50=None, p90=None)
+    if any(r["truncated"] is None for r in rows):
+        metrics["tokens"]["truncated_share"] = None
     return metrics
