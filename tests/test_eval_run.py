@@ -156,8 +156,10 @@ def test_resume_needs_out_and_same_data(demo_runtime, tmp_path):
     out = write_jsonl(tmp_path / "s.jsonl", [{"problem_id": "1", "sample": 0, "problem": "?", "answer": "-1",
                                               "completion": "", "output_tokens": 1, "truncated": False,
                                               "settings": OPTIONS.settings()}])
+    before = open(out).read()
     with pytest.raises(FathomError, match="not the same data set"):
         run_eval(ExecutorBackend(ex, tok), tok, problems, OPTIONS, out=out, resume=True)
+    assert open(out).read() == before  # refused before anything is rewritten
 
 
 def test_sample_seeds_differ_and_are_stable():

@@ -100,17 +100,16 @@ def _resumed_rows(writer: SamplesWriter, out: str | None, resume: bool, problems
                 flag = SETTING_NAMES.get(key, "--" + key.replace("_", "-"))
                 raise FathomError(f"--resume {out}: its samples were drawn with {flag} {theirs!r}, this run asks "
                                   f"{value!r}; repeat the first run's settings or write a new --out")
+    wanted = {(p.id, k) for p in problems for k in range(options.samples)}
+    gold = {p.id: p.answer for p in problems}
+    for r in rows:
+        if (str(r["problem_id"]), r["sample"]) in wanted and str(r["answer"]) != gold[str(r["problem_id"])]:
+            raise FathomError(f"--resume {out}: problem {r['problem_id']} has gold answer {r['answer']!r} "
+                              f"there, {gold[str(r['problem_id'])]!r} in --data; not the same data set")
     graded = [regraded(r, grader) for r in rows]
     if any(g["correct"] != r.get("correct") or g["extracted"] != r.get("extracted") for g, r in zip(graded, rows)):
         writer.rewrite(graded)
-    wanted = {(p.id, k) for p in problems for k in range(options.samples)}
-    kept = [r for r in graded if (str(r["problem_id"]), r["sample"]) in wanted]
-    gold = {p.id: p.answer for p in problems}
-    for r in kept:
-        if str(r["answer"]) != gold[str(r["problem_id"])]:
-            raise FathomError(f"--resume {out}: problem {r['problem_id']} has gold answer {r['answer']!r} "
-                              f"there, {gold[str(r['problem_id'])]!r} in --data; not the same data set")
-    return kept
+    return [r for r in graded if (str(r["problem_id"]), r["sample"]) in wanted]
 
 
 def run_eval(backend, tokenizer, problems: list[Problem], options: EvalOptions, out: str | None = None,
