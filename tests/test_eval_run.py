@@ -231,6 +231,11 @@ def test_cli_eval_json_and_record(tmp_path):
     (["eval"], "MODEL: missing"),
     (["eval", "demo", "--resume"], "--resume: continues an --out file"),
     (["eval", "demo", "--endpoint", "http://127.0.0.1:9", "--executor", "torch"], "--endpoint and --executor"),
+    (["eval", "demo", "--endpoint", "http://127.0.0.1:9", "--dtype", "bfloat16", "--tp", "2"],
+     "--endpoint and --dtype, --tp: pick one"),
+    (["eval", "demo", "--regrade", "s.jsonl"], "--regrade grades recorded samples without a model; MODEL do not apply"),
+    (["eval", "--regrade", "s.jsonl", "--out", "o.jsonl", "-n", "4", "--executor", "torch"],
+     "; --samples, --out, --executor do not apply (drop them)"),
     (["eval", "demo", "--data", "builtin:nope"], "unknown builtin"),
     (["eval", "demo", "--grader", "loose"], "--grader 'loose'"),
 ])

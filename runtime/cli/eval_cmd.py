@@ -72,11 +72,17 @@ def eval_command(ctx, model, data, samples, temperature, top_p, max_new_tokens, 
     if grader not in _grader_names():
         raise FathomError(f"--grader {grader!r}: expected one of {', '.join(_grader_names())}")
     if regrade:
+        ignored = _given(ctx, lambda name: name not in REGRADE_PARAMETERS)
+        if ignored:
+            raise FathomError(f"--regrade grades recorded samples without a model; {', '.join(ignored)} do not "
+                              "apply (drop them)")
         return _regrade(regrade, grader, as_json)
     if model is None:
         raise FathomError("MODEL: missing (give a model, or --regrade SAMPLES.jsonl to grade recorded samples)")
-    if endpoint and ctx.get_parameter_source("executor") is not ParameterSource.DEFAULT:
-        raise FathomError("--endpoint and --executor: pick one (the endpoint's server runs its own engine)")
+    ignored = _given(ctx, lambda name: name in EXECUTOR_PARAMETERS)
+    if endpoint and ignored:
+        raise FathomError(f"--endpoint and {', '.join(ignored)}: pick one (the endpoint's server runs its own "
+                          "engine)")
     if resume and out is None:
         raise FathomError("--resume: continues an --out file; give --out FILE")
     from fathom.runtime.eval.data import load_problems
@@ -116,6 +122,17 @@ def eval_command(ctx, model, data, samples, temperature, top_p, max_new_tokens, 
         click.echo(f"  samples in {out}")
     if saved:
         click.echo(f"  record appended to {saved}")
+
+
+# The parameters --regrade uses, and those of the in-process executor (which --endpoint replaces).
+REGRADE_PARAMETERS = ("regrade", "grader", "as_json")
+EXECUTOR_PARAMETERS = ("executor", "dtype", "device", "threads", "max_seq_len", "hostfile", "tp")
+
+
+def _given(ctx: click.Context, wanted) -> list[str]:
+    """The names (MODEL, --flag) of the parameters picked by `wanted(name)` that the command line set."""
+    return [max(p.opts, key=len) if isinstance(p, click.Option) else p.human_readable_name for p in ctx.command.params
+            if wanted(p.name) and ctx.get_parameter_source(p.name) is ParameterSource.COMMANDLINE]
 
 
 def _context_tokens(model, tokenizer, problems, max_new_tokens: int, user_max_seq_len: int | None) -> int:

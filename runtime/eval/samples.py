@@ -2,9 +2,10 @@
 
 Each line: problem_id, sample, problem, answer (gold), completion, extracted, correct,
 output_tokens (None when the endpoint did not report usage), truncated (the output hit
---max-new-tokens: finish_reason "length"; None when the endpoint gave no finish_reason) and settings (the draw's temperature, top_p,
-max_new_tokens, seed, data and what drew it: the model with its executor, dtype, precision and
-KV cache format, or its endpoint; a resumed run must repeat them).
+--max-new-tokens: finish_reason "length"; None when the endpoint gave no finish_reason) and
+settings (the draw's temperature, top_p, max_new_tokens, seed, data and what drew it: the model
+with its executor, dtype, precision and KV cache format, or its endpoint; a resumed run must
+repeat them).
 """
 
 from __future__ import annotations
