@@ -234,11 +234,13 @@ def accuracy_key(subjects: list[Subject]) -> str | None:
 
 
 # Eval parameters that decide what an accuracy measures: records that differ in them do not compare.
-EVAL_COMPARABLE = ("data", "grader", "samples")
+# The seed may differ: another seed draws another sample of the same measurement.
+EVAL_COMPARABLE = ("data", "problems", "grader", "samples", "temperature", "top_p", "max_new_tokens")
 
 
 def check_evals_comparable(subjects: list[Subject]) -> None:
-    """Refuse eval records measured on other data, with another grader or another sample count."""
+    """Refuse eval records that differ in any of `EVAL_COMPARABLE` (data, problem count, grader,
+    samples per problem, sampling settings)."""
     evals = [(s.label, s.eval.get("parameters") or {}) for s in subjects if s.eval]
     for field in EVAL_COMPARABLE:
         values = {label: params.get(field) for label, params in evals}
@@ -250,7 +252,7 @@ def check_evals_comparable(subjects: list[Subject]) -> None:
 
 def compare(base: Subject, candidates: list[Subject]) -> list[dict]:
     """One row per subject (base first) with ratios to the base: the quantization trade-off.
-    Eval records must share data, grader and samples (`check_evals_comparable`)."""
+    Eval records must share `EVAL_COMPARABLE` (`check_evals_comparable`)."""
     subjects = [base, *candidates]
     check_evals_comparable(subjects)
     acc = accuracy_key(subjects)

@@ -115,3 +115,40 @@ def test_a_failure_does_not_wait_for_requests_in_flight():
             list(backend(url).generate(jobs(2), PARAMS))
         assert not blocked_done.is_set()  # the error came while the slow request still ran
         release.set()
+
+
+@pytest.mark.parametrize("choice", [{"finish_reason": "stop"}, {"text": None, "finish_reason": "stop"},
+                                    {"text": 5, "finish_reason": "stop"}])
+def test_a_choice_without_text_is_an_error(choice):
+    with scripted(lambda body: (200, json.dumps({"choices": [choice]}).encode())) as (url, _):
+        with pytest.raises(FathomError) as e:
+            list(backend(url).generate(jobs(), PARAMS))
+    assert "choices[0].text must be a string" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_missing_finish_reason_leaves_truncation_unknown(tmp_path):
+    from click.testing import CliRunner
+
+    from fathom.runtime.cli import main
+    from fathom.runtime.eval.run import EvalOptions, run_eval
+
+    class Tokenizer:
+        chat_template = "x"
+
+        def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+            return "prompt"
+
+        def encode(self, text, add_special_tokens=False):
+            return [1, 2]
+
+    reply = {"choices": [{"text": "\\boxed{2}"}], "usage": {"completion_tokens": 3}}
+    out = tmp_path / "s.jsonl"
+    with scripted(lambda body: (200, json.dumps(reply).encode())) as (url, _):
+        [output] = list(backend(url).generate(jobs(), PARAMS))
+        assert output.finish_reason is None
+        result = run_eval(backend(url), Tokenizer(), [Problem("1", "1+1?", "2")],
+                          EvalOptions(samples=2, max_new_tokens=16), out=str(out))
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["truncated"] for r in rows] == [None, None] and result["metrics"]["tokens"]["truncated_share"] is None
+    text = CliRunner().invoke(main, ["eval", "--regrade", str(out)])
+    assert text.exit_code == 0 and "truncated not recorded" in text.output

@@ -156,8 +156,10 @@ def test_resume_needs_out_and_same_data(demo_runtime, tmp_path):
     out = write_jsonl(tmp_path / "s.jsonl", [{"problem_id": "1", "sample": 0, "problem": "?", "answer": "-1",
                                               "completion": "", "output_tokens": 1, "truncated": False,
                                               "settings": OPTIONS.settings()}])
+    before = open(out).read()
     with pytest.raises(FathomError, match="not the same data set"):
         run_eval(ExecutorBackend(ex, tok), tok, problems, OPTIONS, out=out, resume=True)
+    assert open(out).read() == before  # refused before anything is rewritten
 
 
 def test_sample_seeds_differ_and_are_stable():
@@ -229,6 +231,11 @@ def test_cli_eval_json_and_record(tmp_path):
     (["eval"], "MODEL: missing"),
     (["eval", "demo", "--resume"], "--resume: continues an --out file"),
     (["eval", "demo", "--endpoint", "http://127.0.0.1:9", "--executor", "torch"], "--endpoint and --executor"),
+    (["eval", "demo", "--endpoint", "http://127.0.0.1:9", "--dtype", "bfloat16", "--tp", "2"],
+     "--endpoint and --dtype, --tp: pick one"),
+    (["eval", "demo", "--regrade", "s.jsonl"], "--regrade grades recorded samples without a model; MODEL do not apply"),
+    (["eval", "--regrade", "s.jsonl", "--out", "o.jsonl", "-n", "4", "--executor", "torch"],
+     "; --samples, --out, --executor do not apply (drop them)"),
     (["eval", "demo", "--data", "builtin:nope"], "unknown builtin"),
     (["eval", "demo", "--grader", "loose"], "--grader 'loose'"),
 ])
@@ -362,6 +369,12 @@ def test_cli_sizes_the_context_to_prompt_plus_output(monkeypatch):
     ([{"answer": "1", "completion": "x", "truncated": "no"}], ":1: field 'truncated' must be true or false"),
     ([{"problem_id": "a", "answer": "1", "completion": "x"}, {"problem_id": "a", "answer": "2", "completion": "x"}],
      ":2: field 'answer' '2' differs from '1' on line 1 for the same problem 'a'"),
+    ([{"problem_id": 1, "sample": 0, "answer": "1", "completion": "x"},
+      {"problem_id": "1", "sample": 0, "answer": "1", "completion": "x"}],
+     ":2: problem '1' sample 0 repeats line 1; each sample must appear once"),
+    ([{"problem_id": "a", "answer": "1", "completion": "x"}, {"problem_id": "a", "sample": 0, "answer": "1",
+                                                             "completion": "x"}],
+     ":2: problem 'a' sample 0 repeats line 1"),
 ])
 def test_regrade_input_checks(tmp_path, rows, message):
     with pytest.raises(FathomError) as e:
@@ -387,3 +400,118 @@ def test_problem_text_is_stripped(tmp_path):
 def test_demo_prompt_is_the_arith_user_message():
     p = load_problems("builtin:demo", limit=1)[0]
     assert p.messages() == [{"role": "user", "content": make_problems(1, 0, "heldout")[0].user_message}]
+
+
+class OneAtATimeExecutor:
+    """Finishes the oldest submitted request on each step (one token, "stop"); reports `slots`."""
+
+    def __init__(self, slots):
+        self.slots, self.queue, self.log = slots, [], []
+
+    def describe(self):
+        return {"max_num_seqs": self.slots}
+
+    def submit(self, request):
+        self.log.append(("submit", request.request_id))
+        self.queue.append(request.request_id)
+
+    def has_pending(self):
+        return bool(self.queue)
+
+    def step(self):
+        from fathom.runtime.executor import TokenEvent
+
+        rid = self.queue.pop(0)
+        self.log.append(("finish", rid))
+        return [TokenEvent(rid, None, 0.0, "stop")]
+
+    def cancel(self, request_id):
+        pass
+
+
+def test_next_group_is_submitted_when_one_slot_frees_with_n_equal_to_slots(demo_runtime):
+    _, tok = demo_runtime
+    executor = OneAtATimeExecutor(slots=3)  # -n 3 == max_num_seqs 3
+    problems = [Problem("1", "q", "1"), Problem("2", "q", "1")]
+    run_eval(ExecutorBackend(executor, tok), tok, problems, OPTIONS)
+    assert executor.log[:5] == [("submit", "1/0"), ("submit", "1/1"), ("submit", "1/2"), ("finish", "1/0"),
+                                ("submit", "2/0")]
+
+
+IN_PROCESS = {"model": "demo", "executor": "torch", "dtype": "float32", "precision": None, "kv_cache_format": "model"}
+
+
+@pytest.mark.parametrize("first, second, message", [
+    (IN_PROCESS, {**IN_PROCESS, "dtype": "bfloat16"}, "drawn with --dtype 'float32', this run asks 'bfloat16'"),
+    (IN_PROCESS, {**IN_PROCESS, "model": "other"}, "drawn with MODEL 'demo', this run asks 'other'"),
+    (IN_PROCESS, {**IN_PROCESS, "precision": "fp8"}, "drawn with the weight precision None, this run asks 'fp8'"),
+    (IN_PROCESS, {**IN_PROCESS, "kv_cache_format": "fp8"}, "drawn with KV cache format 'model'"),
+    (IN_PROCESS, {"model": "demo", "endpoint": "http://h/v1/completions"},
+     "drawn with --endpoint None, this run asks 'http://h/v1/completions'"),
+    ({"model": "demo", "endpoint": "http://a/v1/completions"}, {"model": "demo", "endpoint": "http://b/v1/completions"},
+     "drawn with --endpoint 'http://a/v1/completions'"),
+])
+def test_resume_refuses_samples_drawn_by_another_model(demo_runtime, tmp_path, first, second, message):
+    _, tok = demo_runtime
+    problems, out = [Problem("1", "q", "1")], str(tmp_path / "s.jsonl")
+    run_eval(ScriptedBackend("1"), tok, problems, replace(OPTIONS, source=first), out=out)
+    assert read_rows(out)[0]["settings"] == {**OPTIONS.settings(), **first}
+    with pytest.raises(FathomError) as e:
+        run_eval(ScriptedBackend("1"), tok, problems, replace(OPTIONS, source=second), out=out, resume=True)
+    assert message in str(e.value) and "\n" not in str(e.value)
+    again = ScriptedBackend("1")
+    run_eval(again, tok, problems, replace(OPTIONS, source=first), out=out, resume=True)
+    assert again.jobs == []
+
+
+def test_cli_resume_refuses_another_dtype(tmp_path):
+    out = str(tmp_path / "s.jsonl")
+    args = ["eval", "demo", *DEMO_ARGS, "--limit", "1", "-n", "1", "--out", out]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    assert read_rows(out)[0]["settings"]["dtype"] == "float32"
+    other = CliRunner().invoke(main, [*args, "--resume", "--dtype", "bfloat16"])
+    assert other.exit_code != 0 and "drawn with --dtype 'float32', this run asks 'bfloat16'" in other.output
+    assert "Traceback" not in other.output
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"completion": 5}, ":1: field 'completion' must be a string, got int"),
+    ({"answer": None}, ":1: field 'answer' must be a string or a number, got None"),
+    ({"output_tokens": "many"}, ":1: field 'output_tokens' must be a non-negative integer, got 'many'"),
+    ({"truncated": "no"}, ":1: field 'truncated' must be true or false"),
+    ({"sample": None}, ":1: field 'sample' must be a non-negative integer, got None"),
+    ({"sample": -1}, ":1: field 'sample' must be a non-negative integer, got -1"),
+])
+def test_resume_refuses_rows_of_the_wrong_type(demo_runtime, tmp_path, change, message):
+    _, tok = demo_runtime
+    row = {"problem_id": "1", "sample": 0, "problem": "q", "answer": "1", "completion": "\\boxed{1}",
+           "output_tokens": 1, "truncated": False, "settings": OPTIONS.settings()}
+    out = write_jsonl(tmp_path / "s.jsonl", [{**row, **change}])
+    backend = ScriptedBackend("1")
+    with pytest.raises(FathomError) as e:
+        run_eval(backend, tok, [Problem("1", "q", "1")], OPTIONS, out=out, resume=True)
+    assert message in str(e.value) and "s.jsonl:1" in str(e.value) and "\n" not in str(e.value)
+    assert backend.jobs == []
+
+
+def test_resume_refuses_a_sample_twice(demo_runtime, tmp_path):
+    _, tok = demo_runtime
+    row = {"problem_id": "1", "sample": 0, "problem": "q", "answer": "1", "completion": "\\boxed{1}",
+           "output_tokens": 1, "truncated": False, "settings": OPTIONS.settings()}
+    out = write_jsonl(tmp_path / "s.jsonl", [row, {**row, "sample": 1}, row])
+    with pytest.raises(FathomError) as e:
+        run_eval(ScriptedBackend("1"), tok, [Problem("1", "q", "1")], OPTIONS, out=out, resume=True)
+    assert "s.jsonl:3: problem '1' sample 0 repeats line 1" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_out_that_cannot_be_created_is_a_one_line_error(demo_runtime, tmp_path, resume):
+    _, tok = demo_runtime
+    (tmp_path / "file").write_text("")
+    for out in (tmp_path / "file" / "s.jsonl", tmp_path):
+        with pytest.raises(FathomError) as e:
+            run_eval(ScriptedBackend("1"), tok, [Problem("1", "q", "1")], OPTIONS, out=str(out), resume=resume)
+        assert f"--out {out}: " in str(e.value) and "\n" not in str(e.value)
+    r = CliRunner().invoke(main, ["eval", "demo", *DEMO_ARGS, "--out", str(tmp_path / "file" / "s.jsonl")])
+    assert r.exit_code != 0 and "--out " in r.output and "Traceback" not in r.output

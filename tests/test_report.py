@@ -159,9 +159,16 @@ def test_report_and_compare_commands(tmp_path):
     assert res.exit_code == 1 and "bad.jsonl:1: not valid JSON" in res.output and "Traceback" not in res.output
 
 
-@pytest.mark.parametrize("field, other", [("data", "builtin:hmmt25"), ("grader", "fathom-r1"), ("samples", 8)])
+EVAL_PARAMS = {"data": "builtin:aime25", "problems": 30, "grader": "strict", "samples": 64, "temperature": 0.6,
+               "top_p": 0.95, "max_new_tokens": 16384, "seed": 0}
+
+
+@pytest.mark.parametrize("field, other", [
+    ("data", "builtin:hmmt25"), ("grader", "fathom-r1"), ("samples", 8), ("problems", 5), ("temperature", 1.0),
+    ("top_p", 1.0), ("max_new_tokens", 4096),
+])
 def test_compare_refuses_eval_records_of_other_data_grader_or_samples(tmp_path, field, other):
-    params = {"data": "builtin:aime25", "grader": "strict", "samples": 64}
+    params = EVAL_PARAMS
     files = []
     for prec, p in (("bf16", params), ("fp8", {**params, field: other})):
         files.append(tmp_path / f"{prec}.jsonl")
@@ -170,3 +177,14 @@ def test_compare_refuses_eval_records_of_other_data_grader_or_samples(tmp_path, 
     res = CliRunner().invoke(main, ["compare", str(files[0]), str(files[1])])
     assert res.exit_code != 0 and f"the eval records differ in {field}" in res.output
     assert "Traceback" not in res.output
+
+
+def test_compare_accepts_eval_records_of_another_seed(tmp_path):
+    files = []
+    for prec, seed in (("bf16", 0), ("fp8", 1)):
+        files.append(tmp_path / f"{prec}.jsonl")
+        records.append_record(records.make_record("eval", {"spec": "demo"}, {**EVAL_PARAMS, "seed": seed},
+                                                  {"pass@1": 0.5, "cons@n": 0.5},
+                                                  records.environment({"precision": prec})), files[-1])
+    res = CliRunner().invoke(main, ["compare", str(files[0]), str(files[1])])
+    assert res.exit_code == 0, res.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 
 import click
 from click.core import ParameterSource
@@ -40,8 +41,9 @@ def _grader_names():
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Samples JSONL, one line per sample as it finishes.")
 @click.option("--resume", is_flag=True, help="Continue --out: samples already there are not drawn again "
-                                           "(same --temperature, --top-p, --max-new-tokens, --seed, --data; "
-                                           "they are graded again with --grader).")
+                                           "(same --temperature, --top-p, --max-new-tokens, --seed, --data "
+                                           "and model: MODEL, --endpoint or the executor, dtype, "
+                                           "precision and KV cache format; they are graded again with --grader).")
 @click.option("--force", is_flag=True, help="Replace a non-empty --out instead of refusing it.")
 @click.option("--regrade", type=click.Path(dir_okay=False), default=None, metavar="SAMPLES.jsonl",
               help="Grade recorded samples ({\"answer\", \"completion\"[, \"problem\"]} per line); no model.")
@@ -70,21 +72,28 @@ def eval_command(ctx, model, data, samples, temperature, top_p, max_new_tokens, 
     if grader not in _grader_names():
         raise FathomError(f"--grader {grader!r}: expected one of {', '.join(_grader_names())}")
     if regrade:
+        ignored = _given(ctx, lambda name: name not in REGRADE_PARAMETERS)
+        if ignored:
+            raise FathomError(f"--regrade grades recorded samples without a model; {', '.join(ignored)} do not "
+                              "apply (drop them)")
         return _regrade(regrade, grader, as_json)
     if model is None:
         raise FathomError("MODEL: missing (give a model, or --regrade SAMPLES.jsonl to grade recorded samples)")
-    if endpoint and ctx.get_parameter_source("executor") is not ParameterSource.DEFAULT:
-        raise FathomError("--endpoint and --executor: pick one (the endpoint's server runs its own engine)")
+    ignored = _given(ctx, lambda name: name in EXECUTOR_PARAMETERS)
+    if endpoint and ignored:
+        raise FathomError(f"--endpoint and {', '.join(ignored)}: pick one (the endpoint's server runs its own "
+                          "engine)")
     if resume and out is None:
         raise FathomError("--resume: continues an --out file; give --out FILE")
     from fathom.runtime.eval.data import load_problems
-    from fathom.runtime.eval.run import EvalOptions, eval_record, run_eval
+    from fathom.runtime.eval.run import EvalOptions, eval_record, run_eval, sample_source
 
     options = EvalOptions(samples=samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                           seed=seed, grader=grader, data=data)
     problems = load_problems(data, limit)
     if endpoint:
         backend, tok, info = _endpoint_backend(model, endpoint, api_key, concurrency, tokenizer)
+        source = sample_source(model, endpoint=backend.url)
     else:
         from fathom.runtime.eval.backends import ExecutorBackend
 
@@ -97,7 +106,8 @@ def eval_command(ctx, model, data, samples, temperature, top_p, max_new_tokens, 
             raise FathomError(f"--max-new-tokens {max_new_tokens}: the longest prompt + the output need "
                               f"{max_seq_len} tokens, the model's context holds {held}")
         backend, info = ExecutorBackend(ex, tok), ex.describe()
-    result = run_eval(backend, tok, problems, options, out=out, resume=resume, force=force,
+        source = sample_source(model, info)
+    result = run_eval(backend, tok, problems, replace(options, source=source), out=out, resume=resume, force=force,
                       progress=sys.stderr.isatty() and not as_json)
     saved = None
     if not no_record:
@@ -112,6 +122,17 @@ def eval_command(ctx, model, data, samples, temperature, top_p, max_new_tokens, 
         click.echo(f"  samples in {out}")
     if saved:
         click.echo(f"  record appended to {saved}")
+
+
+# The parameters --regrade uses, and those of the in-process executor (which --endpoint replaces).
+REGRADE_PARAMETERS = ("regrade", "grader", "as_json")
+EXECUTOR_PARAMETERS = ("executor", "dtype", "device", "threads", "max_seq_len", "hostfile", "tp")
+
+
+def _given(ctx: click.Context, wanted) -> list[str]:
+    """The names (MODEL, --flag) of the parameters picked by `wanted(name)` that the command line set."""
+    return [max(p.opts, key=len) if isinstance(p, click.Option) else p.human_readable_name for p in ctx.command.params
+            if wanted(p.name) and ctx.get_parameter_source(p.name) is ParameterSource.COMMANDLINE]
 
 
 def _context_tokens(model, tokenizer, problems, max_new_tokens: int, user_max_seq_len: int | None) -> int:
@@ -151,10 +172,11 @@ def metrics_lines(m: dict) -> list[str]:
     t = m["tokens"]
     counts = ("not recorded" if t["mean"] is None
               else f"mean {t['mean']:.0f}  p50 {t['p50']:.0f}  p90 {t['p90']:.0f}")
+    truncated = "not recorded" if t["truncated_share"] is None else f"{t['truncated_share'] * 100:.1f}%"
     lines = [f"  pass@1            {m['pass@1'] * 100:.2f}%  (95% CI {lo * 100:.2f} - {hi * 100:.2f})",
              "  pass@k            " + "  ".join(f"k={k} {v * 100:.2f}%" for k, v in m["pass@k"].items()),
              f"  cons@n            {m['cons@n'] * 100:.2f}%",
-             f"  output tokens     {counts}  truncated {t['truncated_share'] * 100:.1f}%",
+             f"  output tokens     {counts}  truncated {truncated}",
              f"  grader timeouts   {m.get('grader_timeouts', 0)}",
              "  problem           correct  majority (ok)"]
     for p in m["per_problem"]:

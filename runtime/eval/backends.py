@@ -33,14 +33,14 @@ class SampleOutput:
     job: SampleJob
     completion: str
     output_tokens: int | None  # None: the endpoint's reply had no usage
-    finish_reason: str
+    finish_reason: str | None  # None: the endpoint's reply did not say why the sample ended
 
 
 class ExecutorBackend:
     """Samples on a fathom executor. The pending samples of one problem are submitted together:
     they share the prompt, so with prefix reuse (torch executor) its KV blocks are computed once.
-    Further problems' groups are submitted while the executor has free sequence slots
-    (`max_num_seqs`), so one slow sample does not leave the others idle."""
+    The next problem's group is submitted as soon as a sequence slot (`max_num_seqs`) is free; the
+    executor queues what exceeds its slots, so one slow sample does not leave the others idle."""
 
     def __init__(self, executor, tokenizer):
         self.executor, self.tokenizer = executor, tokenizer
@@ -54,7 +54,7 @@ class ExecutorBackend:
         choices: dict[str, tuple[SampleJob, Choice]] = {}
         running = 0
         while waiting or self.executor.has_pending():
-            while waiting and (running == 0 or running + len(waiting[0]) <= slots):
+            while waiting and running < slots:
                 group = waiting.pop(0)
                 for i, job in enumerate(group):
                     rid = f"{job.problem.id}/{job.sample}"
@@ -79,7 +79,8 @@ class EndpointBackend:
     exactly the tokens of the in-process run: a text prompt would be tokenized again by the server,
     which may add a BOS on top of the chat template's. The completions route (rather than chat)
     returns the raw output with its `<think>` block (a chat route's reasoning parser would move it
-    to a separate field or drop it); `finish_reason` "length" marks a truncated sample.
+    to a separate field or drop it); `finish_reason` "length" marks a truncated sample, and a reply
+without a `finish_reason` leaves it unknown.
 
     At most `concurrency` requests are in flight, each on a daemon thread, so a failure or Ctrl-C
     returns at once instead of waiting for the requests still running. HTTP 429, 5xx and transport
@@ -135,9 +136,13 @@ class EndpointBackend:
                 "temperature": params.temperature, "top_p": params.top_p, "seed": job.seed, "n": 1}
         data = self._post(client, body, stop)
         choice = data["choices"][0]
+        if not isinstance(choice.get("text"), str):
+            raise FathomError(f"--endpoint {self.url}: the reply's choices[0].text must be a string, got "
+                              f"{choice.get('text')!r}")
         tokens = (data.get("usage") or {}).get("completion_tokens")
         tokens = tokens if isinstance(tokens, int) and not isinstance(tokens, bool) else None
-        return SampleOutput(job, choice.get("text") or "", tokens, choice.get("finish_reason") or "stop")
+        reason = choice.get("finish_reason")
+        return SampleOutput(job, choice["text"], tokens, reason if isinstance(reason, str) else None)
 
     def generate(self, jobs: list[SampleJob], params: SamplingParams) -> Iterator[SampleOutput]:
         import httpx

@@ -28,6 +28,9 @@ class EvalOptions:
     seed: int = 0
     grader: str = "strict"
     data: str | None = None  # the --data spec, kept in the record and in every sample's settings
+    # What draws the samples, kept in every sample's settings: {"model", "executor", "dtype", "precision",
+    # "kv_cache_format"} in-process, {"model", "endpoint"} for an endpoint (`sample_source`)
+    source: dict | None = None
 
     def __post_init__(self) -> None:
         if self.samples < 1:
@@ -40,7 +43,25 @@ class EvalOptions:
     def settings(self) -> dict:
         """What decides each sample's draw; a resumed run must repeat it (see `samples`)."""
         return {"temperature": self.temperature, "top_p": self.top_p, "max_new_tokens": self.max_new_tokens,
-                "seed": self.seed, "data": self.data}
+                "seed": self.seed, "data": self.data, **(self.source or {})}
+
+    def parameters(self) -> dict:
+        """The run record's parameters (the record names the model and executor on its own)."""
+        return {k: v for k, v in asdict(self).items() if k != "source"}
+
+
+def sample_source(model: str, executor_info: dict | None = None, endpoint: str | None = None) -> dict:
+    """`EvalOptions.source`: the model spec with the endpoint URL, or with the executor's name, dtype,
+    weight precision and KV cache format (from its `describe()`)."""
+    if endpoint is not None:
+        return {"model": model, "endpoint": endpoint}
+    info = executor_info or {}
+    return {"model": model, **{k: info.get(k) for k in ("executor", "dtype", "precision", "kv_cache_format")}}
+
+
+# How a resume refusal names a setting (default: --key with dashes).
+SETTING_NAMES = {"data": "--data", "model": "MODEL", "precision": "the weight precision",
+                 "kv_cache_format": "KV cache format"}
 
 
 def sample_seed(seed: int, problem_id: str, sample: int) -> int:
@@ -72,23 +93,23 @@ def _resumed_rows(writer: SamplesWriter, out: str | None, resume: bool, problems
     rows = read_finished(out)
     settings = options.settings()
     for r in rows:
-        for key, value in settings.items():
-            theirs = r["settings"].get(key) if isinstance(r["settings"], dict) else None
+        drawn = r["settings"] if isinstance(r["settings"], dict) else {}
+        for key in [*settings, *(k for k in drawn if k not in settings)]:
+            theirs, value = drawn.get(key), settings.get(key)
             if theirs != value:
-                flag = "--data" if key == "data" else "--" + key.replace("_", "-")
+                flag = SETTING_NAMES.get(key, "--" + key.replace("_", "-"))
                 raise FathomError(f"--resume {out}: its samples were drawn with {flag} {theirs!r}, this run asks "
                                   f"{value!r}; repeat the first run's settings or write a new --out")
+    wanted = {(p.id, k) for p in problems for k in range(options.samples)}
+    gold = {p.id: p.answer for p in problems}
+    for r in rows:
+        if (str(r["problem_id"]), r["sample"]) in wanted and str(r["answer"]) != gold[str(r["problem_id"])]:
+            raise FathomError(f"--resume {out}: problem {r['problem_id']} has gold answer {r['answer']!r} "
+                              f"there, {gold[str(r['problem_id'])]!r} in --data; not the same data set")
     graded = [regraded(r, grader) for r in rows]
     if any(g["correct"] != r.get("correct") or g["extracted"] != r.get("extracted") for g, r in zip(graded, rows)):
         writer.rewrite(graded)
-    wanted = {(p.id, k) for p in problems for k in range(options.samples)}
-    kept = [r for r in graded if (str(r["problem_id"]), r["sample"]) in wanted]
-    gold = {p.id: p.answer for p in problems}
-    for r in kept:
-        if str(r["answer"]) != gold[str(r["problem_id"])]:
-            raise FathomError(f"--resume {out}: problem {r['problem_id']} has gold answer {r['answer']!r} "
-                              f"there, {gold[str(r['problem_id'])]!r} in --data; not the same data set")
-    return kept
+    return [r for r in graded if (str(r["problem_id"]), r["sample"]) in wanted]
 
 
 def run_eval(backend, tokenizer, problems: list[Problem], options: EvalOptions, out: str | None = None,
@@ -118,8 +139,9 @@ def run_eval(backend, tokenizer, problems: list[Problem], options: EvalOptions, 
     try:
         for result in backend.generate(jobs, options.sampling()):
             job = result.job
+            truncated = None if result.finish_reason is None else result.finish_reason == "length"
             row = graded_row(job.problem.id, job.sample, job.problem.problem, job.problem.answer, result.completion,
-                             result.output_tokens, result.finish_reason == "length", grader, settings)
+                             result.output_tokens, truncated, grader, settings)
             writer.write(row)
             rows.append(row)
             correct += row["correct"]
@@ -129,7 +151,7 @@ def run_eval(backend, tokenizer, problems: list[Problem], options: EvalOptions, 
         bar.close()
     order = {p.id: i for i, p in enumerate(problems)}
     rows.sort(key=lambda r: (order[str(r["problem_id"])], r["sample"]))
-    return {"parameters": {**asdict(options), "problems": len(problems), "resumed_samples": len(done)},
+    return {"parameters": {**options.parameters(), "problems": len(problems), "resumed_samples": len(done)},
             "metrics": summarize_rows(rows, grader), "out": out}
 
 

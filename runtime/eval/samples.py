@@ -2,8 +2,10 @@
 
 Each line: problem_id, sample, problem, answer (gold), completion, extracted, correct,
 output_tokens (None when the endpoint did not report usage), truncated (the output hit
---max-new-tokens: finish_reason "length") and settings (the draw's temperature, top_p,
-max_new_tokens, seed and data, which a resumed run must repeat).
+--max-new-tokens: finish_reason "length"; None when the endpoint gave no finish_reason) and
+settings (the draw's temperature, top_p, max_new_tokens, seed, data and what drew it: the model
+with its executor, dtype, precision and KV cache format, or its endpoint; a resumed run must
+repeat them).
 """
 
 from __future__ import annotations
@@ -26,16 +28,42 @@ class SamplesFileError(FathomError):
 
 
 def graded_row(problem_id: str, sample: int, problem: str | None, gold: str, completion: str,
-               output_tokens: int | None, truncated: bool, grader, settings: dict | None = None) -> dict:
+               output_tokens: int | None, truncated: bool | None, grader, settings: dict | None = None) -> dict:
     extracted = extract_boxed(completion)
     return {"problem_id": problem_id, "sample": sample, "problem": problem, "answer": gold,
             "completion": completion, "extracted": extracted, "correct": bool(grader.equivalent(extracted, gold)),
             "output_tokens": output_tokens, "truncated": truncated, "settings": settings}
 
 
+def check_sample_types(row: dict, where: str, error: type[FathomError]) -> None:
+    """Refuse a sample row whose fields have the wrong type (`error` naming `where` and the field):
+    completion a string, answer a string or a number, sample and output_tokens non-negative integers
+    or absent/null, truncated true/false or absent/null."""
+    if not isinstance(row.get("completion"), str):
+        raise error(f"{where}: field 'completion' must be a string, got {type(row.get('completion')).__name__}")
+    answer = row.get("answer")
+    if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
+        raise error(f"{where}: field 'answer' must be a string or a number, got {answer!r}")
+    for field in ("sample", "output_tokens"):
+        value = row.get(field)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise error(f"{where}: field '{field}' must be a non-negative integer, got {value!r}")
+    if row.get("truncated") is not None and not isinstance(row["truncated"], bool):
+        raise error(f"{where}: field 'truncated' must be true or false, got {row['truncated']!r}")
+
+
+def check_unique_sample(seen: dict, problem_id: str, sample: int, line: int, where: str,
+                        error: type[FathomError]) -> None:
+    """Refuse a (problem_id, sample) already in `seen` ({key: line}, updated), so no sample counts twice."""
+    first = seen.setdefault((problem_id, sample), line)
+    if first != line:
+        raise error(f"{where}: problem {problem_id!r} sample {sample} repeats line {first}; "
+                    "each sample must appear once")
+
+
 def regraded(row: dict, grader) -> dict:
     """`row` graded again with `grader` (a resumed run's grader may differ from the first run's)."""
-    return graded_row(row["problem_id"], row["sample"], row["problem"], row["answer"], row["completion"],
+    return graded_row(row["problem_id"], row["sample"], row["problem"], str(row["answer"]), row["completion"],
                       row["output_tokens"], row["truncated"], grader, row["settings"])
 
 
@@ -57,7 +85,7 @@ def read_finished(path: str | Path) -> list[dict]:
         except json.JSONDecodeError:
             data = data[:len(data) - len(lines[-1])]
         path.write_bytes(data)
-    rows = []
+    rows, seen = [], {}
     for n, line in enumerate(data.decode().splitlines(), 1):
         if not line.strip():
             continue
@@ -69,8 +97,11 @@ def read_finished(path: str | Path) -> list[dict]:
         if missing:
             raise SamplesFileError(f"--out {path}:{n}: expected a `fathom eval --out` sample, field "
                                    f"{missing[0]!r} missing")
-        if not isinstance(row["sample"], int) or isinstance(row["sample"], bool):
-            raise SamplesFileError(f"--out {path}:{n}: field 'sample' must be an integer, got {row['sample']!r}")
+        where = f"--out {path}:{n}"
+        if row["sample"] is None:
+            raise SamplesFileError(f"{where}: field 'sample' must be a non-negative integer, got None")
+        check_sample_types(row, where, SamplesFileError)
+        check_unique_sample(seen, str(row["problem_id"]), row["sample"], n, where, SamplesFileError)
         rows.append(row)
     return rows
 
@@ -81,22 +112,32 @@ class SamplesWriter:
 
     def __init__(self, path: str | Path | None, resume: bool, force: bool = False):
         self.path = Path(path) if path is not None else None
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            if not resume:
-                if not force and self.path.is_file() and self.path.stat().st_size > 0:
-                    raise SamplesFileError(f"--out {self.path}: holds samples already; --resume continues it, "
-                                           "--force replaces it")
-                self.path.write_bytes(b"")
-
-    def write(self, row: dict) -> None:
         if self.path is None:
             return
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        if not resume and not force and self.path.is_file() and self.path.stat().st_size > 0:
+            raise SamplesFileError(f"--out {self.path}: holds samples already; --resume continues it, "
+                                   "--force replaces it")
         try:
-            os.write(fd, _line(row))
-        finally:
-            os.close(fd)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise SamplesFileError(f"--out {self.path}: cannot create its folder ({e.strerror or e})") from e
+        self._append(b"" if resume else None)
+
+    def write(self, row: dict) -> None:
+        if self.path is not None:
+            self._append(_line(row))
+
+    def _append(self, data: bytes | None) -> None:
+        """Append `data` with one write (None: empty the file), creating the file if needed."""
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if data is None else os.O_APPEND)
+        try:
+            fd = os.open(self.path, flags, 0o644)
+            try:
+                os.write(fd, data or b"")
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise SamplesFileError(f"--out {self.path}: cannot write ({e.strerror or e})") from e
 
     def rewrite(self, rows: list[dict]) -> None:
         """Replace the file's rows (regraded on resume) in one rename, so an interruption keeps one version."""
@@ -113,7 +154,8 @@ def _line(row: dict) -> bytes:
 
 def group_rows(rows: list[dict]) -> list[ProblemSamples]:
     """Rows -> one ProblemSamples per problem_id (first-seen order), samples in `sample` order.
-    Unrecorded output tokens (None) count 0 here; `summarize_rows` reports them as not recorded."""
+    Unrecorded output tokens and truncation (None) count 0 and False here; `summarize_rows` reports
+    them as not recorded."""
     by_problem: dict[str, list[dict]] = {}
     for row in rows:
         by_problem.setdefault(str(row["problem_id"]), []).append(row)
@@ -130,8 +172,10 @@ def group_rows(rows: list[dict]) -> list[ProblemSamples]:
 
 def summarize_rows(rows: list[dict], grader) -> dict:
     """`metrics.summarize` of graded rows; token statistics are None (not recorded) when any
-    sample lacks its output token count."""
+    sample lacks its output token count, the truncated share when any sample's is unknown."""
     metrics = summarize(group_rows(rows), grader)
     if any(r["output_tokens"] is None for r in rows):
         metrics["tokens"].update(mean=None, p50=None, p90=None)
+    if any(r["truncated"] is None for r in rows):
+        metrics["tokens"]["truncated_share"] = None
     return metrics
