@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from fathom.build.errors import FathomError
+from fathom.runtime.records import read_jsonl
 
 from .answers import extract_boxed
 from .metrics import ProblemSamples, summarize
@@ -86,13 +87,7 @@ def read_finished(path: str | Path) -> list[dict]:
             data = data[:len(data) - len(lines[-1])]
         path.write_bytes(data)
     rows, seen = [], {}
-    for n, line in enumerate(data.decode().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise SamplesFileError(f"--out {path}:{n}: not valid JSON ({e.msg}); not a samples file?") from e
+    for n, row in read_jsonl(path, SamplesFileError):
         missing = [f for f in RESUME_FIELDS if f not in row] if isinstance(row, dict) else list(RESUME_FIELDS)
         if missing:
             raise SamplesFileError(f"--out {path}:{n}: expected a `fathom eval --out` sample, field "
