@@ -32,7 +32,6 @@ import os
 import shlex
 import shutil
 import sys
-from pathlib import Path
 
 from fathom.build.errors import FathomError
 
@@ -46,13 +45,6 @@ RELAUNCHED_VARIABLE = "FATHOM_MPI_RELAUNCHED"
 def started_by_launcher(environ=os.environ) -> bool:
     return (any(name in environ for name in LAUNCHER_RANK_VARIABLES)
             or all(name in environ for name in SLURM_TASK_VARIABLES))
-
-
-def engine_ranks(engine_dir: str | Path) -> int:
-    """tp x pp of a fathom engine, from its manifest (fathom-engine.json `mapping.world_size`)."""
-    from fathom.engine.manifest import read_engine_manifest
-
-    return int(read_engine_manifest(engine_dir).get("mapping", {}).get("world_size", 1))
 
 
 def mpirun_argv(ranks: int, argv: list[str], hostfile: str | None = None) -> list[str]:
@@ -70,11 +62,12 @@ def launch_ranks(executor: str, source, hostfile: str | None, tp: int = 1, argv:
     raise FathomError naming that command when mpirun is not on PATH. Options that cannot apply
     (--tp above 1 with the trtllm executor, --hostfile with no engine ranks to start) are refused
     here, before any relaunch, so the error is printed once."""
+    from fathom.engine.manifest import engine_ranks, read_engine_manifest
     from fathom.runtime.executors import check_tensor_parallel, resolve_executor_name
 
     name = resolve_executor_name(executor, source)
     check_tensor_parallel(name, tp)
-    ranks = engine_ranks(source.path) if name == "trtllm" else 1
+    ranks = engine_ranks(read_engine_manifest(source.path)) if name == "trtllm" else 1
     if ranks == 1:
         if hostfile is not None:
             where = f"runs its --tp {tp} ranks on this machine" if tp > 1 else "runs in one process"

@@ -115,6 +115,11 @@ def read_engine_manifest(engine_dir: str | Path) -> dict:
     return manifest
 
 
+def engine_ranks(manifest: dict) -> int:
+    """tp x pp of the engine a manifest describes (`mapping.world_size`; 1 when absent)."""
+    return int(manifest.get("mapping", {}).get("world_size", 1))
+
+
 def _gpu_key(name: str) -> str | None:
     """Catalogue key for a catalogue name/alias or an NVML device name; None when unknown."""
     gpu = gpu_from_nvml_name(name)

@@ -100,7 +100,7 @@ class TrtllmExecutor:
     def __init__(self, engine_dir: str | Path, config: ModelConfig, eos_ids: list[int] | None = None,
                  max_seq_len: int | None = None, gpu_name: str | None = None):
         from fathom.build.checkpoint import read_checkpoint
-        from fathom.engine.manifest import MANIFEST_NAME, check_engine_compat, read_engine_manifest
+        from fathom.engine.manifest import MANIFEST_NAME, check_engine_compat, engine_ranks, read_engine_manifest
         from fathom.engine.presets import engine_formats
         from fathom.engine.trtllm import import_tensorrt_llm, stdout_to_stderr
         from fathom.engine.trtllm_rules import check_runtime
@@ -118,7 +118,7 @@ class TrtllmExecutor:
         check_engine_compat(self.manifest, self.trtllm_version, self.gpu_name)
         self.settings = RuntimeSettings.from_manifest(dict(self.manifest.get("runtime") or {}),
                                                       f"{self.engine_dir}/{MANIFEST_NAME}")
-        self.rank = checked_mpi_rank(trtllm, int(self.manifest.get("mapping", {}).get("world_size", 1)),
+        self.rank = checked_mpi_rank(trtllm, engine_ranks(self.manifest),
                                      str(self.engine_dir))
         build = read_json(self.engine_dir / "config.json")["build_config"]
         check_runtime(self.manifest.get("runtime") or {}, build["plugin_config"], f"{self.engine_dir}/{MANIFEST_NAME}")
