@@ -7,7 +7,8 @@
    reference executor is measured beside them (`reference`).
 2. Memory-bound decode (preset small-100m, ~170 MB of float32 weights): time per decode token at
    batch 1 vs one pass over the weights (sum of every parameter tensor: the bandwidth roofline of
-   this CPU, measured in the same run at the same thread count). Target: <= 1.25x.
+   this CPU, measured in the same run at the same thread count). Target: <= 1.25x. Beside it, the
+   time of its fused gate/up matmul at 1, 2, 4 and 8 rows: what batching costs on this CPU's BLAS.
 3. Decode at long context (random:tiny, max_position_embeddings 16384): one sequence prefills a
    prompt of 128, 2,048 and 16,000 tokens in 1,024-token chunks, then decodes 64 tokens: decode
    tok/s, prefill time, KV usage. No target.
@@ -57,6 +58,7 @@ class BenchPlan:
     memory_bound_model: str = "random:small-100m"
     memory_bound_threads: tuple[int, ...] = (1, 2)
     memory_bound_decode_tokens: int = 64
+    matmul_rows: tuple[int, ...] = (1, 2, 4, 8)  # the first is the baseline of `relative_to_first`
     target_max_ratio: float = 1.25
     context_model: str = "random:tiny"
     contexts: tuple[int, ...] = (128, 2048, 16000)
@@ -78,7 +80,7 @@ def run(plan: BenchPlan) -> dict:
 
     from fathom.runtime.records import environment
 
-    from .bench_cpu_cases import context_cases, hf_dir_for, memory_bound_case, overhead_cases
+    from .bench_cpu_cases import context_cases, hf_dir_for, matmul_rows_case, memory_bound_case, overhead_cases
 
     hf_logging.disable_progress_bar()
     before = torch.get_num_threads()
@@ -93,6 +95,8 @@ def run(plan: BenchPlan) -> dict:
         record["memory_bound"] = [memory_bound_case(plan.memory_bound_model, plan.variants, t, plan.prompt_tokens,
                                                     plan.memory_bound_decode_tokens, plan.target_max_ratio,
                                                     plan.repeats) for t in plan.memory_bound_threads]
+        record["matmul_rows"] = [matmul_rows_case(plan.memory_bound_model, plan.matmul_rows, t, plan.repeats)
+                                 for t in plan.memory_bound_threads]
         record["context_decode"] = context_cases(plan.context_model, plan.contexts, plan.context_decode_tokens,
                                                  plan.context_max_num_tokens, plan.variants, plan.repeats)
     finally:
@@ -131,6 +135,13 @@ def summary(record: dict, source: str) -> str:
             lines.append(f"| {c['model']} | {c['weight_bytes'] / 1e6:.1f} MB | {c['threads']} | {v} | "
                          f"{e['decode_s_per_token'] * 1e3:.2f} | {c['read_all_weights_s'] * 1e3:.2f} | "
                          f"{e['ratio_to_weights_pass']:.2f}x | <= {c['target_max_ratio']:g}x: {_yes(e['met'])} |")
+    lines += ["", "| float32 matmul | threads | m | ms | weight GB/s | time vs the first m |",
+              "|---|---|---|---|---|---|"]
+    for c in record["matmul_rows"]:
+        for e in c["rows"]:
+            lines.append(f"| (m x {c['in_features']}) x ({c['in_features']} x {c['out_features']}), {c['model']} "
+                         f"gate/up | {c['threads']} | {e['rows']} | {e['s_per_matmul'] * 1e3:.3f} | "
+                         f"{e['weight_bandwidth_gb_s']:.1f} | {e['relative_to_first']:.2f}x |")
     lines += ["", "| context tokens | model | executor | decode tok/s | prefill s (chunk) | prefill tok/s |",
               "|---|---|---|---|---|---|"]
     for c in record["context_decode"]:

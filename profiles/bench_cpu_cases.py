@@ -199,6 +199,40 @@ def memory_bound_case(spec: str, variants: tuple[str, ...], threads: int, prompt
         torch.set_num_threads(before)
 
 
+def matmul_rows_case(spec: str, rows: tuple[int, ...], threads: int, repeats: int, calls: int = 20) -> dict:
+    """Seconds per float32 (m, hidden) x (hidden, 2 x intermediate) matmul (`spec`'s fused gate/up
+    projection) for m in `rows`: what batching costs a memory-bound decode step on this CPU's BLAS.
+    `relative_to_first`: time over that of `rows[0]` rows."""
+    import torch
+    import torch.nn.functional as F
+
+    from fathom.build.sources import resolve_model
+
+    cfg = resolve_model(spec).config
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        gen = torch.Generator().manual_seed(0)
+        weight = torch.randn(2 * cfg.intermediate_size, cfg.hidden_size, generator=gen)
+        inputs = {m: torch.randn(m, cfg.hidden_size, generator=gen) for m in rows}
+
+        def matmuls(m: int):
+            for _ in range(calls):
+                F.linear(inputs[m], weight)
+
+        for m in rows:
+            matmuls(m)
+        walls, _ = interleaved({m: (lambda r, m=m: matmuls(m)) for m in rows}, repeats)
+    finally:
+        torch.set_num_threads(before)
+    per_call = {m: statistics.median(w) / calls for m, w in walls.items()}
+    weight_bytes = weight.numel() * weight.element_size()
+    return {"model": spec, "in_features": cfg.hidden_size, "out_features": 2 * cfg.intermediate_size,
+            "weight_bytes": weight_bytes, "threads": threads, "calls_per_run": calls,
+            "rows": [{"rows": m, "s_per_matmul": per_call[m], "weight_bandwidth_gb_s": weight_bytes / per_call[m] / 1e9,
+                      "relative_to_first": per_call[m] / per_call[rows[0]]} for m in rows]}
+
+
 def context_cases(spec: str, contexts: tuple[int, ...], decode_tokens: int, max_num_tokens: int,
                   variants: tuple[str, ...], repeats: int) -> list[dict]:
     """Decode tok/s of one sequence after a prompt of each length in `contexts` (chunked prefill of

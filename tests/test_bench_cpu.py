@@ -51,6 +51,10 @@ def test_quick_record_has_every_case_and_matches_hf(quick_run):
     check_entry(entry, repeats, "decode_s_per_token", "ratio_to_weights_pass")
     assert entry["met"] == (entry["ratio_to_weights_pass"] <= 1.25)
 
+    [matmul] = record["matmul_rows"]
+    assert matmul["threads"] == 1 and [e["rows"] for e in matmul["rows"]] == list(QUICK_PLAN.matmul_rows)
+    assert matmul["rows"][0]["relative_to_first"] == 1.0 and all(e["s_per_matmul"] > 0 for e in matmul["rows"])
+
     assert [c["context_tokens"] for c in record["context_decode"]] == list(QUICK_PLAN.contexts)
     for case in record["context_decode"]:
         assert case["max_position_embeddings"] == 16384 and case["decode_tokens"] == QUICK_PLAN.context_decode_tokens
