@@ -105,7 +105,7 @@ def run(plan: BenchPlan) -> dict:
     return record
 
 
-def _yes(flag: bool) -> str:
+def _verdict(flag: bool) -> str:
     return "**met**" if flag else "**not met**"
 
 
@@ -114,17 +114,18 @@ def summary(record: dict, source: str) -> str:
     env, plan = record["environment"], record["plan"]
     load = {k: "/".join(f"{x:.2f}" for x in record[f"loadavg_{k}"]) for k in ("before", "after")}
     quick = " `--quick` record: a pipeline check, not a measurement." if record.get("quick") else ""
+    verdicts = [e["met"] for c in record["overhead"] + record["memory_bound"] for e in c["variants"].values()]
     lines = [f"From `{source}` ({record['created_at']}): {env['cpu']['model']}, {env['cpu']['logical_cores']} logical "
              f"cores, torch {env['torch_version']}, {plan['threads']} intra-op thread(s), float32, median of "
              f"{plan['repeats']} interleaved runs; load average (1/5/15 min) {load['before']} before, "
-             f"{load['after']} after.{quick}", "",
+             f"{load['after']} after.{quick} Targets met: {sum(verdicts)} of {len(verdicts)}.", "",
              "| model | batch | new tokens | executor | tok/s | HF tok/s | speedup | target | tokens = HF |",
              "|---|---|---|---|---|---|---|---|---|"]
     for c in record["overhead"]:
         for v, e in c["variants"].items():
             lines.append(f"| {c['model']} | {c['batch']} | {c['new_tokens']:,} | {v} | {e['tok_s']:,.0f} | "
                          f"{c['hf_tok_s']:,.0f} | {e['speedup']:.2f}x | >= {c['target_min_speedup']:g}x: "
-                         f"{_yes(e['met'])} | {'yes' if e['tokens_match_hf'] else 'NO'} |")
+                         f"{_verdict(e['met'])} | {'yes' if e['tokens_match_hf'] else 'NO'} |")
         r = c["reference"]
         lines.append(f"| {c['model']} | {c['batch']} | {c['new_tokens']:,} | reference | {r['tok_s']:,.0f} | "
                      f"{c['hf_tok_s']:,.0f} | {r['speedup']:.2f}x | | {'yes' if r['tokens_match_hf'] else 'NO'} |")
@@ -134,7 +135,7 @@ def summary(record: dict, source: str) -> str:
         for v, e in c["variants"].items():
             lines.append(f"| {c['model']} | {c['weight_bytes'] / 1e6:.1f} MB | {c['threads']} | {v} | "
                          f"{e['decode_s_per_token'] * 1e3:.2f} | {c['read_all_weights_s'] * 1e3:.2f} | "
-                         f"{e['ratio_to_weights_pass']:.2f}x | <= {c['target_max_ratio']:g}x: {_yes(e['met'])} |")
+                         f"{e['ratio_to_weights_pass']:.2f}x | <= {c['target_max_ratio']:g}x: {_verdict(e['met'])} |")
     lines += ["", "| float32 matmul | threads | m | ms | weight GB/s | time vs the first m |",
               "|---|---|---|---|---|---|"]
     for c in record["matmul_rows"]:

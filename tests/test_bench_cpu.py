@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -71,8 +72,21 @@ def test_summary_prints_the_record_as_markdown_tables(quick_run, tmp_path, capsy
     text = capsys.readouterr().out
     assert f"From `{path}`" in text and text.splitlines()[1:] == stdout.splitlines()[1:]
     assert "`--quick` record: a pipeline check" in text
+    verdicts = [e["met"] for c in record["overhead"] + record["memory_bound"] for e in c["variants"].values()]
+    assert f"Targets met: {sum(verdicts)} of 4." in text and text.count("met** |") == 4
     assert "| random:tiny | 8 | 16 | eager |" in text and "| random:tiny | 8 | 16 | reference |" in text
     assert text.count("| 1,024 | random:tiny | eager |") == 1
+
+
+def test_the_readme_quotes_the_committed_record_with_a_verdict_per_case(capsys, monkeypatch):
+    monkeypatch.chdir(RESULTS_DIR.parents[1])
+    main(["--summary", "profiles/results/cpu_executor_vm.json"])
+    text = capsys.readouterr().out
+    record = json.loads((RESULTS_DIR / "cpu_executor_vm.json").read_text())
+    verdicts = sum(len(c["variants"]) for c in record["overhead"] + record["memory_bound"])
+    assert text.count("**met**") + text.count("**not met**") == verdicts
+    assert record["quick"] is False and "tokens = HF" in text
+    assert text.strip() in Path("README.md").read_text(), "README's tables differ from --summary of the record"
 
 
 @pytest.mark.parametrize("argv, message", [
