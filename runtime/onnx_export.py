@@ -39,8 +39,9 @@ from fathom.build.sources import ModelSource
 from .onnx_manifest import GRAPH_FILE, build_onnx_manifest, graph_io, source_digest, write_onnx_manifest
 
 # torch.onnx's exporter writes opsets 18 (onnxscript's torch library) to 23 (ONNX_MAX_OPSET in
-# torch/onnx/_constants.py, torch 2.13); left out, the opset is torch's default.
-MIN_OPSET, MAX_OPSET = 18, 23
+# torch/onnx/_constants.py, torch 2.13). The default is the newest TensorRT 10.0's ONNX parser reads
+# (onnx/onnx-tensorrt docs/operators.md: opsets 9 to 20), also torch 2.13's own default.
+MIN_OPSET, MAX_OPSET, DEFAULT_OPSET = 18, 23, 20
 PROTOBUF_LIMIT_BYTES = 2 << 30
 UNQUANTIZED = tuple(f.value for f in WeightFormat if not f.quantized)
 
@@ -48,19 +49,21 @@ UNQUANTIZED = tuple(f.value for f in WeightFormat if not f.quantized)
 @dataclass(frozen=True)
 class OnnxExportOptions:
     dtype: str | None = None  # None: the source's dtype
-    opset: int | None = None  # None: torch's default
+    opset: int | None = None  # None: DEFAULT_OPSET
     max_seq_len: int = DEFAULT_MAX_SEQ_LEN  # RoPE table rows; trtexec profiles
     force: bool = False
 
 
-def check_export(source: ModelSource, out: Path, options: OnnxExportOptions) -> tuple[str, int]:
-    """Refuse what cannot be exported, before anything is read or written; return (dtype, max_seq_len)."""
+def check_export(source: ModelSource, out: Path, options: OnnxExportOptions) -> tuple[str, int, int]:
+    """Refuse what cannot be exported, before anything is read or written; return (dtype, opset,
+    max_seq_len)."""
     if source.kind not in ("hf", "random", "checkpoint"):
         raise ConfigError(f"{source.spec}: is a {source.kind} directory; fathom export onnx needs a Hugging Face "
                           "model, a fathom checkpoint, `demo` or random:<preset>")
     dtype = check_dtype(options.dtype or source.config.torch_dtype, "--dtype")
-    if options.opset is not None and not MIN_OPSET <= options.opset <= MAX_OPSET:
-        raise ConfigError(f"--opset {options.opset}: expected {MIN_OPSET} to {MAX_OPSET} (torch.onnx's exporter)")
+    opset = DEFAULT_OPSET if options.opset is None else options.opset
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ConfigError(f"--opset {opset}: expected {MIN_OPSET} to {MAX_OPSET} (torch.onnx's exporter)")
     if options.max_seq_len < 2:
         raise ConfigError(f"--max-seq-len {options.max_seq_len}: expected >= 2")
     if source.kind == "checkpoint":
@@ -77,7 +80,7 @@ def check_export(source: ModelSource, out: Path, options: OnnxExportOptions) -> 
         src_dir, out_dir = source.path.resolve(), out.resolve()
         if out_dir == src_dir or out_dir in src_dir.parents:
             raise ConfigError(f"{out}: would replace the source model {source.path}; choose another OUT")
-    return dtype, min(options.max_seq_len, source.config.max_position_embeddings)
+    return dtype, opset, min(options.max_seq_len, source.config.max_position_embeddings)
 
 
 def export_tensors(source: ModelSource, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -130,7 +133,7 @@ def _quiet_exporter():
         logger.setLevel(level)
 
 
-def _export_graph(source: ModelSource, dtype: str, max_seq_len: int, opset: int | None, path: Path) -> bool:
+def _export_graph(source: ModelSource, dtype: str, max_seq_len: int, opset: int, path: Path) -> bool:
     """Write the graph to `path`; True when its weights went to external data."""
     import onnxscript.optimizer
 
@@ -159,16 +162,14 @@ def export_onnx(source: ModelSource, out: str | Path, options: OnnxExportOptions
     import onnxscript
 
     out = Path(out)
-    dtype, max_seq_len = check_export(source, out, options)
+    dtype, opset, max_seq_len = check_export(source, out, options)
     t0 = time.perf_counter()
     with ThreadPoolExecutor(1) as pool, atomic_output_dir(out, force=options.force) as tmp:
         hashing = pool.submit(file_records, _source_files(source), source.path)
-        external = _export_graph(source, dtype, max_seq_len, options.opset, tmp / GRAPH_FILE)
+        external = _export_graph(source, dtype, max_seq_len, opset, tmp / GRAPH_FILE)
         export_s = time.perf_counter() - t0
         onnx.checker.check_model(str(tmp / GRAPH_FILE), full_check=True)
         inputs, outputs = graph_io(tmp / GRAPH_FILE)
-        opset = next(o.version for o in onnx.load(str(tmp / GRAPH_FILE), load_external_data=False).opset_import
-                     if o.domain in ("", "ai.onnx"))
         for name in TOKENIZER_FILES:
             folder = source.tokenizer_dir or source.path
             if folder is not None and (folder / name).is_file():

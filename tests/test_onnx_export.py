@@ -138,6 +138,20 @@ def test_greedy_decoding_through_the_graph_reproduces_the_pytorch_executor_for_3
         assert np.abs(logits[i] - torch.stack(seen[str(i)]).numpy()).max() <= TOL
 
 
+# Operators TensorRT's ONNX parser supports (onnx/onnx-tensorrt docs/operators.md, TensorRT 10.0, opsets
+# 9 to 20), of those a decoder could plausibly be exported with.
+TENSORRT_OPS = {"Add", "And", "Cast", "CastLike", "Concat", "Constant", "Div", "Equal", "Expand", "Gather", "Greater",
+                "Less", "LessOrEqual", "MatMul", "Mul", "Neg", "Not", "Pow", "Range", "Reciprocal", "ReduceMean",
+                "Reshape", "Shape", "Sigmoid", "Slice", "Softmax", "Split", "Sqrt", "Squeeze", "Sub", "Transpose",
+                "Unsqueeze", "Where"}
+
+
+def test_the_graph_uses_only_operators_tensorrt_parses_at_the_default_opset(demo):
+    graph = onnx.load(str(demo[0] / "model.onnx"), load_external_data=False)
+    assert {n.op_type for n in graph.graph.node} <= TENSORRT_OPS
+    assert [(o.domain, o.version) for o in graph.opset_import] == [("", 20)]
+
+
 def test_initializers_are_the_checkpoint_tensors_by_name_and_layout(demo):
     directory, _, model = demo
     graph = onnx.load(str(directory / "model.onnx"))

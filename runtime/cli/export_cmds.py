@@ -75,7 +75,7 @@ def trtllm_serve(engine, out, tokenizer, host, port, force, as_json):
 @click.option("--dtype", type=click.Choice(DTYPES), default=None,
               help="Dtype of the weights, the KV cache and the activations [default: the model's].")
 @click.option("--opset", type=int, default=None,
-              help="ONNX opset, 18 to 23 [default: torch's exporter's default].")
+              help="ONNX opset, 18 to 23 [default: 20, the newest TensorRT 10.0 parses].")
 @click.option("--max-seq-len", type=click.IntRange(2), default=DEFAULT_MAX_SEQ_LEN, show_default=True,
               help="Positions the graph's RoPE table holds, and the trtexec profiles' sequence length.")
 @click.option("--max-batch-size", type=click.IntRange(1), default=8, show_default=True,
@@ -101,8 +101,8 @@ def export_onnx_cmd(model, out, dtype, opset, max_seq_len, max_batch_size, force
     from fathom.deploy.trtexec import command_line, trtexec_command
     from fathom.runtime.onnx_export import OnnxExportOptions, export_onnx
 
-    result = export_onnx(resolve_model(model), out, OnnxExportOptions(dtype=dtype, opset=opset, max_seq_len=max_seq_len,
-                                                                         force=force))
+    options = OnnxExportOptions(dtype=dtype, opset=opset, max_seq_len=max_seq_len, force=force)
+    result = export_onnx(resolve_model(model), out, options)
     argv = trtexec_command(result["graph"], f"{result['out']}/model.plan", result["inputs"], result["max_seq_len"],
                            max_batch_size)
     if as_json:
