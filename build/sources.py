@@ -71,7 +71,8 @@ def resolve_model(spec: str, tokenizer: str | Path | None = None) -> ModelSource
         if path.is_file() and path.suffix == ".onnx" and (path.parent / ONNX_MANIFEST_NAME).is_file():
             src = _resolve_onnx(path.parent, spec, graph_file=path.name)
         elif not path.is_dir():
-            raise ConfigError(f"{spec}: expected a model directory (or the model.onnx of fathom export onnx), got a file")
+            raise ConfigError(f"{spec}: expected a model directory (or the model.onnx of fathom export onnx), "
+                              "got a file")
         else:
             src = _resolve_dir(path, spec)
     if tokenizer is not None:

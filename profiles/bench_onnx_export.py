@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> None:
         loaded, written = phases["weights_loaded"], phases["written"]
         weights = loaded["weight_bytes"]
         runs.append({
-            "model": model, "dtype": dtype, "weight_bytes": weights, "seconds": export["seconds"], "export_s": export["export_s"],
+            "model": model, "dtype": dtype, "weight_bytes": weights, "seconds": export["seconds"],
+            "export_s": export["export_s"],
             "external_data": export["external_data"], "opset": export["opset"],
             "files": {f["name"]: f["bytes"] for f in export["files"]},
             "peak_rss_loading_bytes": loaded["VmHWM"],
@@ -130,8 +131,9 @@ def main(argv: list[str] | None = None) -> None:
         })
         r = runs[-1]
         print(f"{model} {dtype}: {r['seconds']:.1f} s, weights {weights / 2**30:.2f} GiB, peak RSS loading "
-              f"{r['peak_rss_loading_bytes'] / 2**30:.2f} GiB, exporting {r['peak_rss_exporting_bytes'] / 2**30:.2f} GiB "
-              f"({r['peak_rss_exporting_per_weight_byte']}x the weights)", file=sys.stderr)
+              f"{r['peak_rss_loading_bytes'] / 2**30:.2f} GiB, exporting {r['peak_rss_exporting_bytes'] / 2**30:.2f} "
+              f"GiB ({r['peak_rss_exporting_per_weight_byte']}x the weights), peak anon "
+              f"{r['peak_anon_bytes'] / 2**30:.2f} GiB", file=sys.stderr)
         if not args.keep:
             shutil.rmtree(out, ignore_errors=True)
     if not args.keep:

@@ -2,13 +2,14 @@
 
 Exporter: torch's recommended one, `torch.onnx.export(..., dynamo=True)` (torch.export, then
 onnxscript's torch library). It keeps the parameters as they are: the ONNX initializers reference
-the model's tensors until they are written, so the export holds the weights once (measured:
-profiles/bench_onnx_export.py). Its graph optimizer (onnxscript.optimizer) runs with the transposes
+the model's tensors until they are written, so the export holds the weights once (measured with
+profiles/bench_onnx_export.py; from a Hugging Face directory in the source dtype they even stay
+memory-mapped from its safetensors files). Its graph optimizer (onnxscript.optimizer) runs with the transposes
 of weights left unfolded, so every initializer keeps its TensorRT-LLM checkpoint name and layout and
 nothing weight-sized is computed.
 
 The weights are read once, in the source dtype, and cast one tensor at a time. A graph whose weights
-exceed protobuf's 2 GiB limit is written with its weights in model.onnx.data (external data).
+come near protobuf's 2 GiB limit is written with its weights in model.onnx.data (external data).
 Everything is written to a temp sibling of OUT and renamed at the end (fathom.build.atomic):
 model.onnx [+ model.onnx.data], the tokenizer files, fathom-onnx.json. `onnx.checker` runs on the
 written file before the rename.
@@ -33,7 +34,7 @@ from fathom.build.config import DEFAULT_MAX_SEQ_LEN
 from fathom.build.convert import TOKENIZER_FILES
 from fathom.build.errors import ConfigError, WeightsError
 from fathom.build.manifest import file_records
-from fathom.build.precision import KvCacheFormat, WeightFormat, check_dtype, torch_dtype
+from fathom.build.precision import DTYPES, KvCacheFormat, WeightFormat, check_dtype, dtype_word, torch_dtype
 from fathom.build.sources import ModelSource
 
 from .onnx_manifest import GRAPH_FILE, build_onnx_manifest, graph_io, source_digest, write_onnx_manifest
@@ -42,7 +43,8 @@ from .onnx_manifest import GRAPH_FILE, build_onnx_manifest, graph_io, source_dig
 # torch/onnx/_constants.py, torch 2.13). The default is the newest TensorRT 10.0's ONNX parser reads
 # (onnx/onnx-tensorrt docs/operators.md: opsets 9 to 20), also torch 2.13's own default.
 MIN_OPSET, MAX_OPSET, DEFAULT_OPSET = 18, 23, 20
-PROTOBUF_LIMIT_BYTES = 2 << 30
+# Protobuf messages, hence ONNX files with the weights inside, stay under 2 GiB; the graph needs room too.
+EXTERNAL_DATA_BYTES = (2 << 30) - (64 << 20)
 UNQUANTIZED = tuple(f.value for f in WeightFormat if not f.quantized)
 
 
@@ -58,8 +60,8 @@ def check_export(source: ModelSource, out: Path, options: OnnxExportOptions) -> 
     """Refuse what cannot be exported, before anything is read or written; return (dtype, opset,
     max_seq_len)."""
     if source.kind not in ("hf", "random", "checkpoint"):
-        raise ConfigError(f"{source.spec}: is a {source.kind} directory; fathom export onnx needs a Hugging Face "
-                          "model, a fathom checkpoint, `demo` or random:<preset>")
+        raise ConfigError(f"{source.spec}: fathom export onnx needs a Hugging Face model, a fathom checkpoint, "
+                          f"`demo` or random:<preset>, not a {source.kind} directory")
     dtype = check_dtype(options.dtype or source.config.torch_dtype, "--dtype")
     opset = DEFAULT_OPSET if options.opset is None else options.opset
     if not MIN_OPSET <= opset <= MAX_OPSET:
@@ -99,10 +101,10 @@ def export_tensors(source: ModelSource, dtype: torch.dtype) -> dict[str, torch.T
     out = {}
     for name in list(tensors):
         t = tensors.pop(name)
-        if not t.is_floating_point() or t.dtype.itemsize < 2:
-            raise WeightsError(f"{source.spec}: tensor '{name}' is {t.dtype}; expected float32, float16 or bfloat16")
+        if dtype_word(t.dtype) not in DTYPES:
+            raise WeightsError(f"{source.spec}: tensor '{name}' is {dtype_word(t.dtype)}; "
+                               f"expected one of {', '.join(DTYPES)}")
         out[name] = t.to(dtype)
-        del t
     return out
 
 
@@ -114,7 +116,8 @@ def _source_files(source: ModelSource) -> list[Path]:
 
 
 def _keep_weights(node) -> bool | None:
-    """The optimizer's fold rule: never fold a node that reads an initializer (a weight)."""
+    """The optimizer's fold rule: never fold a node that reads an initializer. While it folds, the
+    exported graph's initializers are its parameters and buffers (its constants are Constant nodes)."""
     return False if any(v is not None and v.is_initializer() for v in node.inputs) else None
 
 
@@ -141,7 +144,7 @@ def _export_graph(source: ModelSource, dtype: str, max_seq_len: int, opset: int,
 
     cfg = source.config
     model = OnnxQwen2.from_state_dict(cfg, export_tensors(source, torch_dtype(dtype)), max_seq_len)
-    weight_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    weight_bytes = sum({t.data_ptr(): t.nbytes for t in model.state_dict().values()}.values())  # tied: once
     layers = cfg.num_hidden_layers
     with _quiet_exporter():
         program = torch.onnx.export(model, example_inputs(cfg, torch_dtype(dtype)), dynamo=True, optimize=False,
@@ -151,12 +154,13 @@ def _export_graph(source: ModelSource, dtype: str, max_seq_len: int, opset: int,
     onnxscript.optimizer.optimize_ir(program.model, should_fold=_keep_weights)
     for node in program.model.graph.all_nodes():  # the exporting machine's source paths
         node.metadata_props.pop("pkg.torch.onnx.stack_trace", None)
-    external = weight_bytes >= PROTOBUF_LIMIT_BYTES
+    external = weight_bytes >= EXTERNAL_DATA_BYTES
     program.save(str(path), external_data=external)
     return external
 
 
-def export_onnx(source: ModelSource, out: str | Path, options: OnnxExportOptions = OnnxExportOptions()) -> dict[str, Any]:
+def export_onnx(source: ModelSource, out: str | Path,
+                options: OnnxExportOptions = OnnxExportOptions()) -> dict[str, Any]:
     """Write OUT; return a summary (the manifest's facts, paths and timings)."""
     import onnx
     import onnxscript

@@ -240,6 +240,8 @@ def test_bench_records_an_onnx_run(demo, tmp_path):
     (["--executor", "torch"], "an exported ONNX directory runs with --executor onnx, not torch"),
     (["--dtype", "float16"], "--dtype float16: {spec} is an ONNX graph in float32"),
     (["--tp", "2"], "--tp 2: tensor parallelism is a torch executor option"),
+    (["--device", "cuda"], "--device cuda: this onnxruntime has no CUDAExecutionProvider"),
+    (["--device", "tpu"], "--device 'tpu': expected cpu, cuda or cuda:N"),
 ])
 def test_the_onnx_executor_refuses_what_it_cannot_run(demo, args, message):
     spec = str(demo[0])
@@ -285,7 +287,7 @@ def test_opset_force_and_external_data_over_the_protobuf_limit(tmp_path, monkeyp
     out = tmp_path / "tiny"
     out.mkdir()
     (out / "old").write_text("x")
-    monkeypatch.setattr(onnx_export, "PROTOBUF_LIMIT_BYTES", 1)  # every graph counts as over 2 GB
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 1)  # every graph counts as near 2 GiB
     result = export("random:tiny", out, "--dtype", "float32", "--opset", "18", "--max-seq-len", "64", "--force",
                     "--json")
     assert result.exit_code == 0, result.output
