@@ -5,6 +5,7 @@ Accepted everywhere a MODEL appears:
 - a fathom/TensorRT-LLM checkpoint directory (config.json with `mapping` + rank*.safetensors)
 - `demo`: the tiny model embedded in the package
 - `random:<preset>` (optionally `random:<preset>@<seed>`): deterministic random weights, exact shapes
+- a `fathom export onnx` directory (fathom-onnx.json + model.onnx), or its model.onnx (the onnx executor)
 No network access, ever.
 """
 
@@ -17,11 +18,12 @@ from .config import ModelConfig, preset, read_json
 from .errors import ConfigError
 
 DEMO_DIR = Path(__file__).parent / "demo_model"
+ONNX_MANIFEST_NAME = "fathom-onnx.json"
 
 
 @dataclass
 class ModelSource:
-    kind: str  # "hf" | "checkpoint" | "engine" | "random"
+    kind: str  # "hf" | "checkpoint" | "engine" | "random" | "onnx"
     spec: str
     config: ModelConfig
     path: Path | None = None
@@ -66,9 +68,13 @@ def resolve_model(spec: str, tokenizer: str | Path | None = None) -> ModelSource
         path = Path(spec)
         if not path.exists():
             raise ConfigError(f"{spec}: no such directory, and not 'demo' or 'random:<preset>'")
-        if not path.is_dir():
-            raise ConfigError(f"{spec}: expected a model directory, got a file")
-        src = _resolve_dir(path, spec)
+        if path.is_file() and path.suffix == ".onnx" and (path.parent / ONNX_MANIFEST_NAME).is_file():
+            src = _resolve_onnx(path.parent, spec, graph_file=path.name)
+        elif not path.is_dir():
+            raise ConfigError(f"{spec}: expected a model directory (or the model.onnx of fathom export onnx), "
+                              "got a file")
+        else:
+            src = _resolve_dir(path, spec)
     if tokenizer is not None:
         tok = Path(tokenizer)
         if not _has_tokenizer(tok):
@@ -77,7 +83,22 @@ def resolve_model(spec: str, tokenizer: str | Path | None = None) -> ModelSource
     return src
 
 
+def _resolve_onnx(path: Path, spec: str, graph_file: str | None = None) -> ModelSource:
+    """An exported ONNX directory: the model config is its manifest's `model` block."""
+    manifest_path = path / ONNX_MANIFEST_NAME
+    manifest = read_json(manifest_path)
+    for field in ("model", "graph"):
+        if field not in manifest:
+            raise ConfigError(f"{manifest_path}: missing field '{field}'")
+    if graph_file is not None and graph_file != manifest["graph"]:
+        raise ConfigError(f"{spec}: {manifest_path} describes {manifest['graph']!r}, not {graph_file!r}")
+    cfg = ModelConfig.from_hf_dict(manifest["model"], source=f"{manifest_path} (model)")
+    return ModelSource("onnx", spec, cfg, path=path, tokenizer_dir=path if _has_tokenizer(path) else None)
+
+
 def _resolve_dir(path: Path, spec: str) -> ModelSource:
+    if (path / ONNX_MANIFEST_NAME).is_file():
+        return _resolve_onnx(path, spec)
     raw = read_json(path / "config.json")
     tok = path if _has_tokenizer(path) else None
     if "pretrained_config" in raw and "build_config" in raw:

@@ -115,9 +115,9 @@ def bench_model(target: BenchTarget, workload: WorkloadSpec = WorkloadSpec(),
             raise
         source = None  # a served model name, not a local model: its config is unknown here
     if target.endpoint is None:
-        from .loader import resolve_dtype
+        from .executors import resolve_run_dtype
 
-        dtype, device = resolve_dtype(target.dtype, target.device)
+        dtype, device = resolve_run_dtype(target.dtype, target.device, source)
         target = replace(target, dtype=dtype, device=device)
         run, info = _run_executor(source, target, workload, profiling, progress)
     else:

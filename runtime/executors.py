@@ -6,19 +6,36 @@ from fathom.build.config import DEFAULT_MAX_SEQ_LEN
 from fathom.build.errors import FathomError
 from fathom.build.sources import ModelSource
 
-EXECUTORS = ("auto", "torch", "trtllm", "reference")
+EXECUTORS = ("auto", "torch", "trtllm", "reference", "onnx")
 
 
 def resolve_executor_name(name: str, source: ModelSource) -> str:
-    """`auto` -> trtllm for an engine directory, torch for everything else."""
+    """`auto` -> trtllm for an engine directory, onnx for an exported ONNX directory, torch for
+    everything else."""
     if name not in EXECUTORS:
         raise FathomError(f"--executor {name!r}: expected one of {', '.join(EXECUTORS)}")
     if name == "auto":
-        return "trtllm" if source.kind == "engine" else "torch"
+        return {"engine": "trtllm", "onnx": "onnx"}.get(source.kind, "torch")
     if name == "trtllm" and source.kind != "engine":
         raise FathomError(f"{source.spec}: --executor trtllm runs a TensorRT-LLM engine directory "
                           f"(build one with fathom build); this is a {source.kind} source")
+    if name == "onnx" and source.kind != "onnx":
+        raise FathomError(f"{source.spec}: --executor onnx runs an exported ONNX directory "
+                          f"(make one with fathom export onnx); this is a {source.kind} source")
+    if source.kind == "onnx" and name != "onnx":
+        raise FathomError(f"{source.spec}: an exported ONNX directory runs with --executor onnx, not {name}")
     return name
+
+
+def resolve_run_dtype(dtype: str | None, device: str | None, source: ModelSource) -> tuple[str, str]:
+    """(dtype, device) to run `source` with, defaults filled in: an exported ONNX graph runs in the
+    dtype it was exported in, on the cpu unless `device` says otherwise; any other source as
+    loader.resolve_dtype (cuda if available; bfloat16 there, float32 on the cpu)."""
+    if source.kind == "onnx":
+        return (source.config.torch_dtype if dtype in (None, "auto") else dtype), device or "cpu"
+    from .loader import resolve_dtype
+
+    return resolve_dtype(dtype, device)
 
 
 # Below this many weight bytes a CPU decode step is a chain of tiny kernels: extra intra-op threads
@@ -52,10 +69,27 @@ def check_tensor_parallel(name: str, tp: int) -> None:
                           "(a TensorRT-LLM engine carries its own mapping)")
 
 
+def _open_onnx(source: ModelSource, dtype: str, device: str | None, max_seq_len: int, eos_ids: list[int] | None,
+               threads: int | None):
+    """The onnx executor on the graph's own dtype (`dtype` must be it); `device` None: cpu."""
+    from .onnx_executor import OnnxExecutor, OnnxSessionModel
+
+    graph_dtype = source.config.torch_dtype
+    if dtype != graph_dtype:
+        raise FathomError(f"--dtype {dtype}: {source.spec} is an ONNX graph in {graph_dtype} "
+                          f"(export it again with fathom export onnx --dtype {dtype}, or leave --dtype out)")
+    device = device or "cpu"
+    threads = set_cpu_threads(threads, source, dtype) if device == "cpu" else (threads or 1)
+    model = OnnxSessionModel(source, device=device, threads=threads, max_seq_len=max_seq_len)
+    return OnnxExecutor(model, eos_ids=eos_ids)
+
+
 def create_executor(name: str, source: ModelSource, dtype: str = "float32", device: str | None = None,
                     max_seq_len: int = DEFAULT_MAX_SEQ_LEN, eos_ids: list[int] | None = None, threads: int | None = None,
                     tp: int = 1, **torch_options):
-    """Open `name` on `source`. `auto` picks trtllm for an engine directory and torch otherwise.
+    """Open `name` on `source`. `auto` picks trtllm for an engine directory, onnx for an exported
+    ONNX directory (which runs in its own dtype, on the cpu unless `device` says otherwise) and
+    torch otherwise.
 
     `threads`: CPU intra-op threads (None = auto, see set_cpu_threads); per rank with `tp` (auto
     divides the machine's default among the ranks).
@@ -70,6 +104,8 @@ def create_executor(name: str, source: ModelSource, dtype: str = "float32", devi
         from .trtllm_executor import TrtllmExecutor
 
         return TrtllmExecutor(source.path, source.config, eos_ids=eos_ids, max_seq_len=max_seq_len)
+    if name == "onnx":
+        return _open_onnx(source, dtype, device, max_seq_len, eos_ids, threads)
     from .loader import default_device, load_model
 
     device = device or default_device()

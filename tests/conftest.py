@@ -28,3 +28,22 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def onnx_exports(tmp_path_factory):
+    """(MODEL spec, dtype) -> a `fathom export onnx` directory of it (256 positions), made once per session."""
+    from fathom.build.sources import resolve_model
+    from fathom.runtime.onnx_export import OnnxExportOptions, export_onnx
+
+    made = {}
+
+    def get(spec: str, dtype: str = "float32"):
+        key = (spec, dtype)
+        if key not in made:
+            out = tmp_path_factory.mktemp("onnx") / "model"
+            export_onnx(resolve_model(spec), out, OnnxExportOptions(dtype=dtype, max_seq_len=256))
+            made[key] = out
+        return made[key]
+
+    return get

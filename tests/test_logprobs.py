@@ -9,16 +9,25 @@ import torch
 from fathom.build.sources import resolve_model
 from fathom.runtime.executor import Request, collect
 from fathom.runtime.loader import load_model
+from fathom.runtime.onnx_executor import OnnxExecutor, OnnxSessionModel
 from fathom.runtime.reference import ReferenceExecutor, StaticKVCache
 from fathom.runtime.sampling import SamplingParams
 from fathom.runtime.torch_executor import TorchExecutor, executor_config
 
 TOL = 1e-5
+SPEC = "random:tiny-gqa5"
+EXECUTORS = ["torch", "reference", "onnx"]
 
 
 @pytest.fixture(scope="module")
 def model():
-    return load_model(resolve_model("random:tiny-gqa5"), "float32", "cpu", max_seq_len=256)
+    return load_model(resolve_model(SPEC), "float32", "cpu", max_seq_len=256)
+
+
+@pytest.fixture(scope="module")
+def onnx_graph(onnx_exports):
+    """`model` exported with fathom export onnx, in an onnxruntime session."""
+    return OnnxSessionModel(resolve_model(str(onnx_exports(SPEC))), max_seq_len=256)
 
 
 def prompts_for(model, lengths, seed=0):
@@ -26,9 +35,11 @@ def prompts_for(model, lengths, seed=0):
     return [[rng.randrange(model.cfg.vocab_size) for _ in range(n)] for n in lengths]
 
 
-def make_executor(name, model):
+def make_executor(name, model, request=None):
     if name == "reference":
         return ReferenceExecutor(model, eos_ids=[])
+    if name == "onnx":  # exported only when a test asks for it
+        return OnnxExecutor(request.getfixturevalue("onnx_graph"), eos_ids=[])
     # Chunks smaller than the prompts and odd blocks: prefill spans steps, decodes join mid-prefill.
     return TorchExecutor(model, eos_ids=[], config=executor_config(max_num_tokens=11, max_num_seqs=4, block_size=5))
 
@@ -48,11 +59,11 @@ def raw_logprobs(model, prompt, generated):
 LENGTHS = (7, 23, 1, 12)
 
 
-@pytest.mark.parametrize("executor", ["torch", "reference"])
-def test_greedy_logprobs_are_the_log_softmax_of_the_models_logits(model, executor):
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_greedy_logprobs_are_the_log_softmax_of_the_models_logits(model, executor, request):
     prompts = prompts_for(model, LENGTHS)
     params = SamplingParams(max_new_tokens=9, logprobs=5)
-    got = collect(make_executor(executor, model), [Request(str(i), p, params) for i, p in enumerate(prompts)])
+    got = collect(make_executor(executor, model, request), [Request(str(i), p, params) for i, p in enumerate(prompts)])
     for i, prompt in enumerate(prompts):
         events = got[str(i)]
         want = raw_logprobs(model, prompt, [e.token_id for e in events])
@@ -67,11 +78,11 @@ def test_greedy_logprobs_are_the_log_softmax_of_the_models_logits(model, executo
             assert max(abs(a - b) for a, b in zip(values, top_values.tolist())) < TOL
 
 
-@pytest.mark.parametrize("executor", ["torch", "reference"])
-def test_sampled_tokens_get_the_raw_logprob_not_the_tempered_one(model, executor):
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_sampled_tokens_get_the_raw_logprob_not_the_tempered_one(model, executor, request):
     prompt = prompts_for(model, (10,), seed=1)[0]
     params = SamplingParams(max_new_tokens=12, temperature=0.5, top_k=4, top_p=0.9, seed=3, logprobs=0)
-    events = collect(make_executor(executor, model), [Request("s", prompt, params)])["s"]
+    events = collect(make_executor(executor, model, request), [Request("s", prompt, params)])["s"]
     want = raw_logprobs(model, prompt, [e.token_id for e in events])
     tempered = (want / 0.5).log_softmax(dim=-1)
     for e, row, hot in zip(events, want, tempered):
@@ -80,11 +91,12 @@ def test_sampled_tokens_get_the_raw_logprob_not_the_tempered_one(model, executor
         assert abs(e.logprob - hot[e.token_id].item()) > 1e-3
 
 
-def test_torch_and_reference_executors_give_the_same_logprobs(model):
+@pytest.mark.parametrize("executor", ["torch", "onnx"])
+def test_executors_give_the_reference_executors_logprobs(model, executor, request):
     prompts = prompts_for(model, LENGTHS, seed=2)
     params = SamplingParams(max_new_tokens=10, logprobs=20)
-    runs = [collect(make_executor(name, model), [Request(str(i), p, params) for i, p in enumerate(prompts)])
-            for name in ("torch", "reference")]
+    runs = [collect(make_executor(name, model, request), [Request(str(i), p, params) for i, p in enumerate(prompts)])
+            for name in (executor, "reference")]
     fast, ref = runs
     for rid in ref:
         assert [e.token_id for e in fast[rid]] == [e.token_id for e in ref[rid]]
@@ -94,8 +106,8 @@ def test_torch_and_reference_executors_give_the_same_logprobs(model):
             assert max(abs(x - y) for (_, x), (_, y) in zip(a.top_logprobs, b.top_logprobs)) < TOL
 
 
-@pytest.mark.parametrize("executor", ["torch", "reference"])
-def test_asking_for_logprobs_changes_no_token(model, executor):
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_asking_for_logprobs_changes_no_token(model, executor, request):
     prompts = prompts_for(model, (5, 17, 9, 30, 3), seed=4)
     kinds = [dict(), dict(temperature=0.8, top_p=0.9, seed=11), dict(), dict(temperature=1.2, top_k=7, seed=5), dict()]
     asks = [3, 0, None, 20, 1]
@@ -103,7 +115,7 @@ def test_asking_for_logprobs_changes_no_token(model, executor):
     def run(with_logprobs):
         requests = [Request(str(i), p, SamplingParams(max_new_tokens=8, logprobs=k if with_logprobs else None, **kind))
                     for i, (p, kind, k) in enumerate(zip(prompts, kinds, asks))]
-        return collect(make_executor(executor, model), requests)
+        return collect(make_executor(executor, model, request), requests)
 
     plain, mixed = run(False), run(True)
     assert {r: [(e.token_id, e.finish_reason) for e in evs] for r, evs in mixed.items()} == \
@@ -114,12 +126,12 @@ def test_asking_for_logprobs_changes_no_token(model, executor):
     assert all(e.logprob is None and e.top_logprobs == () for evs in plain.values() for e in evs)
 
 
-@pytest.mark.parametrize("executor", ["torch", "reference"])
-def test_no_log_softmax_runs_when_no_request_asks(model, executor, monkeypatch):
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_no_log_softmax_runs_when_no_request_asks(model, executor, monkeypatch, request):
     def refuse(*args, **kwargs):
         raise AssertionError("log_softmax computed for a batch where no request asked for logprobs")
 
-    ex = make_executor(executor, model)  # built before the patch: construction may use anything
+    ex = make_executor(executor, model, request)  # built before the patch: construction may use anything
     for owner in (torch.Tensor, torch, torch.nn.functional):
         monkeypatch.setattr(owner, "log_softmax", refuse)
     prompts = prompts_for(model, (6, 13))

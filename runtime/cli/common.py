@@ -28,10 +28,12 @@ def runtime_options(f):
 
     options = [
         click.option("--executor", type=click.Choice(EXECUTORS), default="auto", show_default=True,
-                     envvar="FATHOM_EXECUTOR", help="auto: trtllm for an engine dir, torch otherwise."),
+                     envvar="FATHOM_EXECUTOR",
+                     help="auto: trtllm for an engine dir, onnx for a fathom export onnx dir, torch otherwise."),
         click.option("--dtype", type=click.Choice(["auto", *DTYPES]), default="auto",
-                     show_default=True, help="auto: bfloat16 on CUDA, float32 on CPU."),
-        click.option("--device", default=None, envvar="FATHOM_DEVICE", help="cpu, cuda, cuda:1 (default: cuda if available)."),
+                     show_default=True, help="auto: bfloat16 on CUDA, float32 on CPU; an ONNX graph's own dtype."),
+        click.option("--device", default=None, envvar="FATHOM_DEVICE",
+                     help="cpu, cuda, cuda:1 (default: cuda if available; cpu for an ONNX graph)."),
         click.option("--tokenizer", type=click.Path(file_okay=False), default=None,
                      help="Tokenizer directory when MODEL has none."),
         click.option("--threads", type=click.IntRange(1), default=None, envvar="FATHOM_THREADS",
@@ -60,14 +62,13 @@ def open_runtime(model: str, executor: str, dtype: str, device: str | None, toke
     from fathom.build.sources import resolve_model
     from fathom.deploy.launch import launch_ranks
     from fathom.runtime.chat import load_tokenizer
-    from fathom.runtime.executors import create_executor
-    from fathom.runtime.loader import resolve_dtype
+    from fathom.runtime.executors import create_executor, resolve_run_dtype
     from fathom.runtime.trtllm_executor import exit_if_follower
 
     source = resolve_model(model, tokenizer=tokenizer)
     tok = load_tokenizer(source.tokenizer_dir, model)
     launch_ranks(executor, source, hostfile, tp=tp)
-    dtype, device = resolve_dtype(dtype, device)
+    dtype, device = resolve_run_dtype(dtype, device, source)
     eos = source.config.eos_token_ids or ([tok.eos_token_id] if tok.eos_token_id is not None else [])
     ex = create_executor(executor, source, dtype=dtype, device=device, max_seq_len=max_seq_len, eos_ids=eos,
                          threads=threads, tp=tp, **torch_options)

@@ -1,15 +1,19 @@
-"""`fathom export ...`: deployment artifacts for other serving stacks, made from an engine's manifest."""
+"""`fathom export ...`: deployment artifacts for other serving stacks, made from an engine's manifest,
+and the model itself as an ONNX graph."""
 
 from __future__ import annotations
 
 import click
+
+from fathom.build.config import DEFAULT_MAX_SEQ_LEN
+from fathom.build.precision import DTYPES
 
 from .common import emit_json, json_option
 
 
 @click.group("export")
 def export_group():
-    """Deployment files for other serving stacks (Triton, trtllm-serve), from a fathom engine."""
+    """Deployment files for other serving stacks (Triton, trtllm-serve, ONNX for TensorRT and onnxruntime)."""
 
 
 @export_group.command("triton")
@@ -63,6 +67,52 @@ def trtllm_serve(engine, out, tokenizer, host, port, force, as_json):
         return emit_json(launch.to_dict())
     click.echo(f"extra options written to {path}", err=True)
     click.echo(launch.command_line())
+
+
+@export_group.command("onnx")
+@click.argument("model")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--dtype", type=click.Choice(DTYPES), default=None,
+              help="Dtype of the weights, the KV cache and the activations [default: the model's].")
+@click.option("--opset", type=int, default=None,
+              help="ONNX opset, 18 to 23 [default: 20, the newest TensorRT 10.0 parses].")
+@click.option("--max-seq-len", type=click.IntRange(2), default=DEFAULT_MAX_SEQ_LEN, show_default=True,
+              help="Positions the graph's RoPE table holds, and the trtexec profiles' sequence length.")
+@click.option("--max-batch-size", type=click.IntRange(1), default=8, show_default=True,
+              help="Sequences of the printed trtexec decode profile.")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@json_option
+def export_onnx_cmd(model, out, dtype, opset, max_seq_len, max_batch_size, force, as_json):
+    """Export MODEL as one ONNX graph with the KV cache as inputs and outputs, into OUT.
+
+    MODEL: a Hugging Face directory, an unquantized fathom checkpoint, `demo` or random:<preset>.
+    Inputs input_ids, attention_mask, position_ids, past_key_values.{i}.key/value; outputs logits,
+    present.{i}.key/value; batch, sequence and past-sequence axes are dynamic, and the same graph runs
+    prefill (empty past) and decode. OUT gets model.onnx (+ model.onnx.data over 2 GB), the tokenizer
+    files and fathom-onnx.json; nothing is left behind on error. Prints the trtexec command that builds
+    a TensorRT engine with prefill and decode profiles for --max-seq-len tokens. Run the graph with
+    onnxruntime: fathom generate OUT --executor onnx.
+
+    \b
+        fathom export onnx demo ./demo-onnx --dtype float32
+        fathom export onnx ./Fathom-R1-14B ./fathom-onnx --dtype bfloat16
+    """
+    from fathom.build.sources import resolve_model
+    from fathom.deploy.trtexec import command_line, trtexec_command
+    from fathom.runtime.onnx_export import OnnxExportOptions, export_onnx
+
+    options = OnnxExportOptions(dtype=dtype, opset=opset, max_seq_len=max_seq_len, force=force)
+    result = export_onnx(resolve_model(model), out, options)
+    argv = trtexec_command(result["graph"], f"{result['out']}/model.plan", result["inputs"], result["max_seq_len"],
+                           max_batch_size)
+    if as_json:
+        return emit_json({**result, "trtexec": argv})
+    gb = sum(f["bytes"] for f in result["files"]) / 1e9
+    click.echo(f"Wrote {result['out']} ({result['dtype']}, opset {result['opset']}, {gb:.2f} GB"
+               f"{', external data' if result['external_data'] else ''}; {result['seconds']:.1f} s)", err=True)
+    click.echo(f"TensorRT engine (profile 0: prefill one prompt, profile 1: decode {max_batch_size} sequences, "
+               f"{result['max_seq_len']} tokens each):", err=True)
+    click.echo(command_line(argv))
 
 
 COMMANDS = [export_group]

@@ -1,0 +1,93 @@
+"""fathom-onnx.json: what a `fathom export onnx` directory holds and what it was made from.
+
+The graph's inputs and outputs (names, shapes with the dynamic axes named, dtypes) are read back
+from the written model.onnx, so the manifest describes the file as it is; `model` is the Hugging
+Face style config the directory resolves to as a MODEL (fathom.build.sources, kind "onnx"), with
+`torch_dtype` the graph's dtype; `source` names the model it came from, with a sha256 of each of its
+files and one over them all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from fathom.build.config import read_json
+from fathom.build.errors import CheckpointError
+from fathom.build.manifest import utc_now_iso
+from fathom.build.sources import ONNX_MANIFEST_NAME
+
+FORMAT = "fathom-onnx"
+FORMAT_VERSION = 1
+GRAPH_FILE = "model.onnx"
+REQUIRED = ("graph", "model", "dtype", "opset", "max_seq_len", "inputs", "outputs", "files")
+
+
+def graph_io(model_path: Path) -> tuple[list[dict], list[dict]]:
+    """[{name, shape, dtype}] of the graph's inputs and outputs; a dynamic axis is its name."""
+    import numpy as np
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+
+    def describe(value) -> dict:
+        tensor = value.type.tensor_type
+        shape = [d.dim_param or d.dim_value for d in tensor.shape.dim]
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)).name
+        return {"name": value.name, "shape": shape, "dtype": dtype}
+
+    return [describe(v) for v in graph.input], [describe(v) for v in graph.output]
+
+
+def source_digest(files: list[dict]) -> str | None:
+    """One sha256 over a source's file records (name and sha256 of each); None without files."""
+    if not files:
+        return None
+    lines = "".join(f"{f['name']}\t{f['sha256']}\n" for f in sorted(files, key=lambda f: f["name"]))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def build_onnx_manifest(*, source: dict[str, Any], model: dict[str, Any], dtype: str, opset: int, max_seq_len: int,
+                        external_data: bool, inputs: list[dict], outputs: list[dict], files: list[dict],
+                        exporter: dict[str, Any]) -> dict[str, Any]:
+    from fathom.runtime import version
+
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "fathom_version": version(),
+        "created_at": utc_now_iso(),
+        "exporter": exporter,
+        "source": source,
+        "graph": GRAPH_FILE,
+        "model": model,
+        "dtype": dtype,
+        "opset": opset,
+        "max_seq_len": max_seq_len,
+        "external_data": external_data,
+        "inputs": inputs,
+        "outputs": outputs,
+        "files": files,
+    }
+
+
+def write_onnx_manifest(out_dir: Path, manifest: dict[str, Any]) -> Path:
+    path = out_dir / ONNX_MANIFEST_NAME
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return path
+
+
+def read_onnx_manifest(out_dir: str | Path) -> dict[str, Any]:
+    """The manifest of an exported directory; CheckpointError when absent or malformed."""
+    path = Path(out_dir) / ONNX_MANIFEST_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no ONNX manifest (was this directory written by fathom export onnx?)")
+    manifest = read_json(path)
+    if manifest.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: field 'format' = {manifest.get('format')!r}, expected {FORMAT!r}")
+    for key in REQUIRED:
+        if key not in manifest:
+            raise CheckpointError(f"{path}: missing field {key!r}")
+    return manifest
