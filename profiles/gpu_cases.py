@@ -118,15 +118,11 @@ def time_per_call_s(fn, device: str, calls: int = 10, repeats: int = 5) -> float
     return statistics.median(times)
 
 
-def pool_attend(kv, slot_table, q, new_kv, positions, rows, span):
-    """One layer's compiled-decode attention (PoolAttention, as `compiled_decode.decode_logits` plans it)."""
-    import torch
+def pool_attend(kv, slot_table, q, new_kv, positions, rows, chunks):
+    """One layer of a compiled decode step's attention (fathom.runtime.compiled_decode.pool_attention)."""
+    from fathom.runtime.compiled_decode import pool_attention
 
-    from fathom.runtime.compiled_decode import PoolAttention
-
-    mask = torch.arange(span.shape[0], device=q.device)[None, :] <= positions[:, None]
-    attn = PoolAttention(kv, slot_table[rows, positions], slot_table[rows, :span.shape[0]], mask, None)
-    return attn.attend(0, q, new_kv)
+    return pool_attention(kv, slot_table, None, positions, rows, chunks).attend(0, q, new_kv)
 
 
 @functools.cache
@@ -181,6 +177,7 @@ def kernel_calls(cfg, batch: int, context: int, q, new_kv, device: str, dtype, f
 
     import torch
 
+    from fathom.runtime.compiled_decode import CHUNK_TOKENS
     from fathom.runtime.paged_kv import PagedAttention, PagedKVCache
 
     blocks = -(-context // KV_BLOCK_SIZE)
@@ -194,14 +191,16 @@ def kernel_calls(cfg, batch: int, context: int, q, new_kv, device: str, dtype, f
     attn = PagedAttention(cache)
     attn.plan_step(cache.slot_table[rows, positions], [])
     attn.plan_decode(rows, None, context)
-    span = torch.empty(context, dtype=torch.int8, device=device)
-    for t in (q, new_kv, positions, rows, span, cache.slot_table):
+    chunk = CHUNK_TOKENS[torch.device(device).type]
+    chunks = torch.empty((max(2, -(-context // chunk)), chunk), dtype=torch.int8, device=device)  # as CompiledDecoder
+    for t in (q, new_kv, positions, rows, chunks, cache.slot_table):
         torch._dynamo.maybe_mark_dynamic(t, 0)
     torch._dynamo.maybe_mark_dynamic(cache.kv, 1)  # one graph for every pool size,
     torch._dynamo.maybe_mark_dynamic(cache.slot_table, 1)  # context and batch > 1
     compiled = compiled_pool_attend()
     calls = {"gather_sdpa": (lambda: attn.attend(0, q, new_kv), None),
-             "compiled_inplace": (lambda: compiled(cache.kv, cache.slot_table, q, new_kv, positions, rows, span), None)}
+             "compiled_inplace": (lambda: compiled(cache.kv, cache.slot_table, q, new_kv, positions, rows, chunks),
+                                  None)}
     if flash is None or not device.startswith("cuda"):
         calls["flash_attn_with_kvcache"] = (None, None if flash is None else "flash-attn runs on CUDA only")
         return calls
@@ -211,9 +210,9 @@ def kernel_calls(cfg, batch: int, context: int, q, new_kv, device: str, dtype, f
     v_cache = torch.randn_like(k_cache)
     table = torch.randperm(batch * pages, device=device).view(batch, pages).to(torch.int32)
     lens = torch.full((batch,), context - 1, dtype=torch.int32, device=device)  # then the new token at context - 1
-    k, v = new_kv[:, None, 0], new_kv[:, None, 1]
-    calls["flash_attn_with_kvcache"] = (lambda: flash(q[:, None], k_cache, v_cache, k=k.contiguous(), v=v.contiguous(),
-                                                      cache_seqlens=lens, block_table=table)[:, 0], None)
+    k, v = new_kv[:, None, 0].contiguous(), new_kv[:, None, 1].contiguous()  # (batch, 1, Hkv, D)
+    calls["flash_attn_with_kvcache"] = (lambda: flash(q[:, None], k_cache, v_cache, k=k, v=v, cache_seqlens=lens,
+                                                      block_table=table)[:, 0], None)
     return calls
 
 

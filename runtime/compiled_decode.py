@@ -10,18 +10,20 @@ Why it looks like this:
   `index_put_` on the whole pool tensor (a write through a per-layer view makes the compiled graph
   copy the pool back every step) and reads a sequence's K/V as `pool[layer][context]`, `context`
   being its (S,) row of the slot table, inside pointwise products and sums (scores, masked softmax,
-  weighted sum of V). Inductor fuses those reads into the loops of one kernel per layer, so the
-  context is never copied into a gathered (n, S, 2, Hkv, D) tensor, unlike `PagedAttention`'s
-  index_select + SDPA. `TORCH_LOGS=output_code` shows the kernels; the tests check that a step
-  writes the pool in place and costs the same on a larger pool.
+  weighted sum of V in chunks of CHUNK_TOKENS). Inductor fuses those reads into the loops of one
+  kernel per layer, so the context is never copied into a gathered (n, S, 2, Hkv, D) tensor, unlike
+  `PagedAttention`'s index_select + SDPA. `TORCH_LOGS=output_code` shows the kernels (no loop runs
+  over the pool); the tests check that a step writes its slots in place and allocates nothing of
+  the pool's size.
 - Scores, softmax and the weighted sum run in float32 whatever the model dtype (the accumulation
   precision of SDPA's fused kernels); fp8/int8 caches are dequantized inside the same loops.
-- Shapes: the batch n and the context length S are dynamic (`maybe_mark_dynamic`), so one graph
-  serves every S. Dynamo specializes a size of 1, so a process compiles at most two graphs per
-  model: batch 1, and every other batch. `decode_logits` is compiled once per process and its
-  graphs are shared by every `CompiledDecoder` of a same-shaped model (dynamo's guards tell models
-  apart); `fullgraph=True` turns any graph break in the model code into an error instead of a slow
-  step.
+- Shapes: the batch n, the context length S (whole chunks, at least two) and the pool and
+  slot-table sizes are dynamic (`maybe_mark_dynamic`), so one graph serves every S and every cache.
+  Dynamo specializes a size of 1, so a process compiles two graphs per model and KV format: batch
+  1, and every other batch. `decode_logits` is compiled once per process and its graphs are shared
+  by every `CompiledDecoder` of a same-shaped model (dynamo's guards tell models apart; past
+  dynamo's recompile limit, 8 graphs, a further shape would run uncompiled); `fullgraph=True`
+  turns any graph break in the model code into an error instead of a slow step.
 - CUDA: `CudaGraphDecoder` captures `CompiledDecoder.step` when CUDA graphs are on too (the
   compiled Triton kernels replayed as one graph per batch and context bucket).
 - What it refuses (a one-line ConfigError, before any step): tensor parallelism, quantized linear
@@ -47,6 +49,12 @@ from .model import ModelWeights, Qwen2Model
 from .paged_kv import PagedKVCache
 
 KERNEL = "inductor_paged_reduction"  # describe()'s name for the decode attention of a compiled step
+# Context tokens per partial weighted sum of V (see PoolAttention). The CPU value is measured: on
+# the 2-core dev VM one layer's decode attention of random:tiny at 16K context took ~1.2 ms as one
+# pass, ~0.75 ms in 16-, 64- or 256-token chunks (64 the best at 256 tokens, batch 8). CUDA: 256, whose partial sums of
+# a Fathom-size layer (40 x 128 float32 per chunk) add ~4% to its 16K-context KV read; CUDA-graph
+# context buckets (powers of two from 256) are whole chunks.
+CHUNK_TOKENS = {"cpu": 64, "cuda": 256}
 
 
 def compile_unavailable(device: torch.device) -> str | None:
@@ -63,7 +71,8 @@ def compile_unavailable(device: torch.device) -> str | None:
                 "the PATH (install g++, or point the CXX environment variable at a compiler)")
     include = sysconfig.get_paths()["include"]
     if not os.path.isfile(os.path.join(include, "Python.h")):
-        return f"inductor's CPU kernels include Python.h and it is not in {include} (install the Python development headers)"
+        return (f"inductor's CPU kernels include Python.h and it is not in {include} "
+                "(install the Python development headers)")
     return None
 
 
@@ -87,14 +96,20 @@ class PoolAttention:
     """Attention backend of a compiled decode step: n sequences, one new token each.
 
     `kv` is the whole pool (layers, slots, 2, Hkv, D) in its storage dtype, `slots` (n,) where the
-    new tokens' K/V go, `context` (n, S) the slots of every position up to S, `mask` (n, S) the
-    positions each sequence sees (its own, up to and including the new token). `kv_quant`: the
-    cache's fp8/int8 format and scales (None: the model dtype).
+    new tokens' K/V go, `context` (n, S) the slots of every position up to S, a whole number of
+    `chunk`-token chunks, `mask` (n, S) the positions each sequence sees (its own, up to and
+    including the new token). `kv_quant`: the cache's fp8/int8 format and scales (None: the model
+    dtype).
+
+    The weighted sum of V runs in two levels, per chunk of context tokens and then over the chunks:
+    inductor emits a reduction as one pass over the context per output vector (head x group x
+    SIMD width), and per chunk those passes re-read V from the L1 cache instead of memory.
     """
 
     def __init__(self, kv: torch.Tensor, slots: torch.Tensor, context: torch.Tensor, mask: torch.Tensor,
-                 kv_quant: KVCacheQuant | None):
+                 kv_quant: KVCacheQuant | None, chunk: int):
         self.kv, self.slots, self.context, self.mask, self.kv_quant = kv, slots, context, mask, kv_quant
+        self.chunk = chunk
 
     def attend(self, layer: int, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
         """q (n, Hq, D), kv (n, 2, Hkv, D) of the new tokens -> (n, Hq, D)."""
@@ -108,22 +123,35 @@ class PoolAttention:
         if quant is not None:
             past = past * quant.scales[layer]
         k, v = past[:, :, 0, :, None], past[:, :, 1, :, None]  # (n, S, Hkv, 1, D)
-        qg = q.float().view(n, 1, Hkv, Hq // Hkv, D)  # query head h uses KV head h // G
+        G, C = Hq // Hkv, self.chunk
+        qg = q.float().view(n, 1, Hkv, G, D)  # query head h uses KV head h // G
         scores = (qg * k).sum(-1) * D ** -0.5  # (n, S, Hkv, G)
-        p = torch.softmax(scores.masked_fill(~self.mask[:, :, None, None], float("-inf")), dim=1)
-        out = (p[..., None] * v).sum(1)  # (n, Hkv, G, D)
+        scores = scores.masked_fill(~self.mask[:, :, None, None], float("-inf"))
+        e = torch.exp(scores - scores.amax(1, keepdim=True))  # softmax, divided once after the sums below
+        partial = (e.view(n, -1, C, Hkv, G, 1) * v.view(n, -1, C, Hkv, 1, D)).sum(2)  # (n, S / C, Hkv, G, D)
+        out = partial.sum(1) / e.sum(1)[..., None]  # (n, Hkv, G, D)
         return out.view(n, Hq, D).to(q.dtype)
+
+
+def pool_attention(kv: torch.Tensor, slot_table: torch.Tensor, kv_quant: KVCacheQuant | None,
+                   positions: torch.Tensor, rows: torch.Tensor, chunks: torch.Tensor) -> PoolAttention:
+    """The attention of n decoding sequences at `positions` (n,) with slot-table `rows` (n,): each
+    writes its position's slot and reads the first S positions of its row, `chunks` (S / C, C) giving
+    S and the chunk size C (its values are unused). Positions past the slot table's width read its
+    last slot (masked, as every position past a sequence's own)."""
+    S = chunks.shape[0] * chunks.shape[1]
+    span = torch.arange(S, device=positions.device)
+    context = slot_table[rows[:, None], span.clamp(max=slot_table.shape[1] - 1)[None, :]]  # (n, S)
+    mask = span[None, :] <= positions[:, None]
+    return PoolAttention(kv, slot_table[rows, positions], context, mask, kv_quant, chunks.shape[1])
 
 
 def decode_logits(model: Qwen2Model, weights: ModelWeights, kv: torch.Tensor, slot_table: torch.Tensor,
                   kv_quant: KVCacheQuant | None, ids: torch.Tensor, positions: torch.Tensor, rows: torch.Tensor,
-                  span: torch.Tensor) -> torch.Tensor:
-    """Logits (n, V) of one decode step: ids/positions/rows (n,) (token, its position, its slot-table
-    row); the context is the first S = len(span) positions of each row (span's values are unused)."""
-    context = slot_table[rows, :span.shape[0]]  # (n, S)
-    slots = slot_table[rows, positions]
-    mask = torch.arange(span.shape[0], device=positions.device)[None, :] <= positions[:, None]
-    attn = PoolAttention(kv, slots, context, mask, kv_quant)
+                  chunks: torch.Tensor) -> torch.Tensor:
+    """Logits (n, V) of one decode step: ids (n,) at `positions` of slot-table `rows`, attending as
+    `pool_attention` plans it."""
+    attn = pool_attention(kv, slot_table, kv_quant, positions, rows, chunks)
     return model.forward_packed(ids, positions, attn, None, weights)
 
 
@@ -157,30 +185,33 @@ class CompiledDecoder:
     def __init__(self, model: Qwen2Model, weights: ModelWeights, cache: PagedKVCache, device: torch.device):
         check_compilable(model, device)
         self.model, self.weights, self.cache = model, weights, cache
-        self.span = torch.empty(cache.slot_table.shape[1], dtype=torch.int8, device=device)
+        self.chunk = CHUNK_TOKENS[device.type]
+        width = max(2, -(-cache.slot_table.shape[1] // self.chunk))
+        self.chunks = torch.empty((width, self.chunk), dtype=torch.int8, device=device)
+        torch._dynamo.maybe_mark_dynamic(cache.kv, 1)  # pool and slot-table sizes: one graph for every cache
+        torch._dynamo.maybe_mark_dynamic(cache.slot_table, 0)
+        torch._dynamo.maybe_mark_dynamic(cache.slot_table, 1)
         self.fn, self.count = compiled_decode_logits()
         self.graphs_compiled = 0
 
     @torch.inference_mode()  # the graphs are compiled under it (grad mode, or inputs made outside it, recompile)
     def run(self, ids: list[int], positions: list[int], rows: list[int]) -> torch.Tensor:
         """One decode step for len(ids) sequences -> logits (n, V)."""
-        data = torch.tensor([ids, positions, rows], dtype=torch.int64).to(self.span.device, non_blocking=True)
+        data = torch.tensor([ids, positions, rows], dtype=torch.int64).to(self.chunks.device, non_blocking=True)
         return self.step(data[0], data[1], data[2], max(positions) + 1)
 
     @torch.inference_mode()
     def step(self, ids: torch.Tensor, positions: torch.Tensor, rows: torch.Tensor, context_len: int) -> torch.Tensor:
         """ids/positions/rows (n,) on the device, attending over the first `context_len` positions
-        of each row (positions past a sequence's own are masked) -> logits (n, V)."""
-        span = self.span[:context_len]
-        for t in (ids, positions, rows, span):
+        of each row, rounded up to whole chunks, two at least (dynamo specializes a size of 1), positions
+        past a sequence's own masked -> logits (n, V)."""
+        chunks = self.chunks[:max(2, -(-context_len // self.chunk))]
+        for t in (ids, positions, rows, chunks):
             torch._dynamo.maybe_mark_dynamic(t, 0)
-        kv, slot_table = self.cache.kv, self.cache.slot_table
-        torch._dynamo.maybe_mark_dynamic(kv, 1)  # pool and slot-table sizes: one graph for every cache
-        torch._dynamo.maybe_mark_dynamic(slot_table, 0)
-        torch._dynamo.maybe_mark_dynamic(slot_table, 1)
         before = self.count.graphs
         try:
-            logits = self.fn(self.model, self.weights, kv, slot_table, self.cache.kv_quant, ids, positions, rows, span)
+            logits = self.fn(self.model, self.weights, self.cache.kv, self.cache.slot_table, self.cache.kv_quant, ids,
+                             positions, rows, chunks)
         except torch._dynamo.exc.BackendCompilerFailed as e:
             cause = str(e.inner_exception).strip().splitlines() or [type(e.inner_exception).__name__]
             raise FathomError(f"compile: inductor could not compile the decode step ({cause[0]}); "

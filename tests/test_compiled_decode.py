@@ -6,8 +6,6 @@ random:tiny once (batch 1, batch >= 2) and every other test on that model reuses
 """
 
 import random
-import statistics
-import time
 
 import pytest
 import torch
@@ -124,36 +122,29 @@ def test_a_decode_step_writes_its_slot_of_the_pool_in_place_and_nothing_else(run
     ex.runner.compiled.run([b.tokens[-1]], [p], [b.row])  # b alone: a's blocks must stay as they are
     bs = ex.cache.block_size
     slot = b.blocks[p // bs] * bs + p % bs
-    changed = (pool != before).flatten(2).any(-1).any(0).nonzero().flatten().tolist()  # slots, any layer
+    bits = torch.int32  # compared as bits: blocks never handed out hold whatever was in memory, NaN included
+    changed = (pool.view(bits) != before.view(bits)).flatten(2).any(-1).any(0).nonzero().flatten().tolist()
     assert pool.data_ptr() == ptr and changed == [slot]
     assert not set(range(a.blocks[0] * bs, (a.blocks[0] + 1) * bs)) & set(changed)
     assert ex.runner.compiled.graphs_compiled == 0  # the runs fixture compiled this shape
 
 
 @needs_compiler
-def test_a_decode_step_costs_the_same_on_a_much_larger_pool(runs, model):
-    """A graph that copied the pool (a write through a per-layer view does) would move 256 MB per
-    step here: ~100x a step. Both caches share the graphs (pool and slot-table sizes are dynamic)."""
-    small, large = executor(model, True), executor(model, True, num_blocks=1 << 16)  # 4K vs 512K tokens
-    assert large.cache.kv.numel() * large.cache.kv.element_size() >= 256 << 20
-    prompt = prompts_for(model.cfg.vocab_size, [9], seed=1)[0]
+def test_a_decode_step_on_a_large_pool_allocates_nothing_of_its_size(runs, model):
+    """A graph that copied the pool (a write through a per-layer view does) allocates a buffer of its
+    size every step: the largest allocation of a step tells, where timing would only suggest. The
+    graphs of the small pool serve (pool and slot-table sizes are dynamic)."""
+    from torch.profiler import ProfilerActivity, profile
 
-    def median_step_s(ex, tag):
-        ex.submit(Request(tag, prompt, SamplingParams(max_new_tokens=30)))
-        ex.step()  # prefill
-        times = []
-        while ex.has_pending():
-            t = time.perf_counter()
-            ex.step()
-            times.append(time.perf_counter() - t)
-        return statistics.median(times)
-
-    runs_s = {id(ex): [] for ex in (small, large)}
-    for r in range(3):  # interleaved: the machine's load moves both alike
-        for ex in (small, large):
-            runs_s[id(ex)].append(median_step_s(ex, f"{r}"))
-    assert min(runs_s[id(large)]) < 3 * min(runs_s[id(small)])
-    assert small.runner.compiled.graphs_compiled == large.runner.compiled.graphs_compiled == 0
+    ex = executor(model, True, num_blocks=1 << 16)  # 512K tokens
+    pool_bytes = ex.cache.kv.numel() * ex.cache.kv.element_size()
+    assert pool_bytes >= 256 << 20
+    ex.submit(Request("big", prompts_for(model.cfg.vocab_size, [9], seed=1)[0], SamplingParams(max_new_tokens=4)))
+    ex.step()  # prefill
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        ex.step()  # a compiled decode step
+    assert max(e.cpu_memory_usage for e in prof.events()) < 1 << 20
+    assert ex.runner.compiled.graphs_compiled == 0
 
 
 @needs_compiler
