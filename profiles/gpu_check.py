@@ -9,9 +9,16 @@ fathom's FP8 quantizer and linears import) with FP8 weights and an FP8 KV cache:
   bandwidth and its fraction of the copy bandwidth; a case whose KV does not fit is skipped with
   the numbers
 - prefill of one 16K-token prompt (chunked by max_num_tokens): seconds and tok/s
+- paged decode attention of one Fathom-size layer at batch 1/8 and 1K/8K/16K contexts: the eager
+  gather + SDPA, the compiled kernel that reads the pool in place, and flash-attn's
+  flash_attn_with_kvcache when it imports (profiles/gpu_cases.py `attention_kernels`)
+- decode steps of random:fathom-r1-14b-4l (every width, 4 layers) at 1K/8K/16K contexts, eager vs
+  compile=True, both replayed from CUDA graphs (`compiled_decode`)
 - NVML memory, power and energy per phase (fathom.runtime.nvml.Profiler; null fields when NVML
   is missing, with the reason)
-Result: profiles/results/gpu_check_<gpu-name>.json.
+Result: profiles/results/gpu_check_<gpu-name>.json, rewritten after every part (a run cut short
+keeps what it measured); a part that would not fit the time budget (--budget-s) is recorded as
+skipped with the reason.
 
     python -m fathom.profiles.gpu_check            # on the GPU
     python -m fathom.profiles.gpu_check --smoke    # random:tiny on the CPU, seconds: the code path only
@@ -30,6 +37,8 @@ from pathlib import Path
 
 from fathom.build.config import DEFAULT_MAX_SEQ_LEN
 
+from .gpu_cases import attention_kernels, compiled_decode, decode_case, open_executor, prefill_case, sync
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -42,19 +51,28 @@ class Plan:
     prefill_tokens: int
     max_num_tokens: int
     copy_bytes: int
+    layers_model: str  # the attention kernels' heads, and the model of the eager vs compiled decode
+    kernel_batches: tuple[int, ...]
+    kernel_contexts: tuple[int, ...]
+    compiled_batches: tuple[int, ...]
+    compiled_contexts: tuple[int, ...]
 
 
-# Contexts 990 and 16000: with the 32 timed steps they stay inside one CUDA-graph context bucket
-# (1024 and 16384), so no step times a capture or a doubled gather.
-FULL = Plan("random:fathom-r1-14b", "cuda", "bfloat16", (1, 8, 32), (990, 16000), 32, 16000, 4096, 4 << 30)
-SMOKE = Plan("random:tiny", "cpu", "float32", (1, 2), (16, 48), 3, 64, 32, 16 << 20)
+# Decode contexts 990, 8000 and 16000: with the 32 timed steps they stay inside one CUDA-graph
+# context bucket (1024, 8192 and 16384), so no step times a capture or a doubled gather.
+FULL = Plan("random:fathom-r1-14b", "cuda", "bfloat16", (1, 8, 32), (990, 16000), 32, 16000, 4096, 4 << 30,
+            "random:fathom-r1-14b-4l", (1, 8), (1024, 8192, 16384), (1, 8), (990, 8000, 16000))
+SMOKE = Plan("random:tiny", "cpu", "float32", (1, 2), (16, 48), 3, 64, 32, 16 << 20,
+             "random:tiny", (2,), (16, 48), (2,), (16, 48))
+# Seconds each later part takes at most on an H100/H200 (compiles included), for the time budget.
+PART_ESTIMATE_S = {"attention_kernels": 60, "compiled_decode": 150, "fp8": 90}
 
 
-def sync(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+def save(record: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    tmp.replace(out)
 
 
 def copy_bandwidth(plan: Plan) -> dict:
@@ -114,78 +132,10 @@ def load_fp8(plan: Plan, source):
     return model, model.quant_info
 
 
-def open_executor(model, plan: Plan):
-    from fathom.runtime.torch_executor import TorchExecutor, executor_config
-
-    return TorchExecutor(model, eos_ids=[], max_seq_len=DEFAULT_MAX_SEQ_LEN,
-                         config=executor_config(max_num_tokens=plan.max_num_tokens, max_num_seqs=max(plan.batches)))
-
-
-def decode_case(ex, plan: Plan, batch: int, context: int, weight_bytes: int, copy_bw: float) -> dict:
-    """`batch` sequences primed at `context` tokens, then plan.steps timed decode steps."""
-    import random
-
-    from fathom.runtime.executor import Request
-    from fathom.runtime.sampling import SamplingParams
-
-    per_token = ex.cache.bytes_per_token
-    need = batch * (context + plan.steps + 2)
-    if need > ex.cache.capacity_tokens:
-        return {"batch": batch, "context": context, "skipped": f"needs {need} tokens of KV "
-                f"({need * per_token / 2**30:.1f} GiB), the cache holds {ex.cache.capacity_tokens}"}
-    rng = random.Random(batch * 7 + context)
-    for i in range(batch):
-        ids = [rng.randrange(ex.config.vocab_size) for _ in range(context)]
-        ex.submit(Request(f"d{batch}-{context}-{i}", ids, SamplingParams(max_new_tokens=plan.steps + 2, ignore_eos=True)))
-    ex.scheduler.admit()
-    for s in ex.scheduler.running:  # prime: blocks for the context, as if it had been prefilled
-        ex.scheduler.reserve(s, context, [], [])
-        s.num_computed = context - 1
-    t = time.perf_counter()
-    ex.step()  # first step at this shape: captures its CUDA graph
-    first_step_s = time.perf_counter() - t
-    times = []
-    for _ in range(plan.steps):
-        t = time.perf_counter()
-        events = ex.step()
-        times.append(time.perf_counter() - t)
-        assert len(events) == batch
-    while ex.has_pending():
-        ex.step()
-    step_s = statistics.median(times)
-    kv_bytes = batch * (context + 1 + plan.steps // 2) * per_token
-    bytes_per_step = weight_bytes + kv_bytes
-    return {"batch": batch, "context": context, "steps": plan.steps, "step_s": step_s, "step_s_runs": times,
-            "first_step_s": first_step_s, "tok_s": batch / step_s, "weight_bytes": weight_bytes,
-            "kv_bytes_read": kv_bytes, "bytes_read_per_step": bytes_per_step,
-            "achieved_bandwidth_gb_s": bytes_per_step / step_s / 1e9,
-            "fraction_of_copy_bandwidth": bytes_per_step / step_s / copy_bw,
-            "roofline_tok_s": batch * copy_bw / bytes_per_step}
-
-
-def prefill_case(ex, plan: Plan) -> dict:
-    import random
-
-    from fathom.runtime.executor import Request, now
-    from fathom.runtime.sampling import SamplingParams
-
-    rng = random.Random(0)
-    ids = [rng.randrange(ex.config.vocab_size) for _ in range(plan.prefill_tokens)]
-    t0 = now()
-    ex.submit(Request("prefill", ids, SamplingParams(max_new_tokens=1, ignore_eos=True)))
-    steps, first = 0, None
-    while ex.has_pending():
-        events = ex.step()
-        steps += 1
-        first = first or next((e.time_s for e in events if e.token_id is not None), None)
-    return {"prompt_tokens": plan.prefill_tokens, "max_num_tokens": plan.max_num_tokens, "steps": steps,
-            "seconds": first - t0, "tok_s": plan.prefill_tokens / (first - t0)}
-
-
 def run_precision(name: str, model, plan: Plan, copy_bw: float, prof, extra: dict) -> dict:
     from fathom.runtime.model import param_bytes
 
-    ex = open_executor(model, plan)
+    ex = open_executor(model, plan, max(plan.batches))
     emb = model.transformer.vocab_embedding.weight
     weight_bytes = param_bytes(model) - emb.numel() * emb.element_size()  # decode reads one embedding row
     out = {"precision": name, **extra, "executor": ex.describe(), "decode": []}
@@ -222,6 +172,20 @@ def device_name(plan: Plan) -> str:
     return torch.cuda.get_device_name(0) if plan.device.startswith("cuda") else "cpu"
 
 
+def print_attention(record: dict) -> None:
+    kernels, compiled = record["attention_kernels"], record["compiled_decode"]
+    for c in kernels.get("cases", []):
+        times = ", ".join(f"{name} {k['us']:.0f} us" if "us" in k else f"{name} skipped"
+                          for name, k in c["kernels"].items())
+        print(f"attention batch {c['batch']:>2} ctx {c['context']:>5}: {times}")
+    for c in compiled.get("speedup", []):
+        print(f"compiled decode batch {c['batch']:>2} ctx {c['context']:>5}: "
+              f"{c['compiled_over_eager_tok_s']:.2f}x eager tok/s")
+    for part in (kernels, compiled):
+        if "skipped" in part:
+            print(f"skipped: {part['skipped']}")
+
+
 def main(argv: list[str] | None = None) -> Path:
     import torch
 
@@ -231,6 +195,8 @@ def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="random:tiny on the CPU, short contexts: the code path only")
     ap.add_argument("--skip-fp8", action="store_true")
+    ap.add_argument("--budget-s", type=float, default=360.0,
+                    help="skip a later part (attention kernels, compiled decode, fp8) that would end past this")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     plan = SMOKE if args.smoke else FULL
@@ -242,6 +208,14 @@ def main(argv: list[str] | None = None) -> Path:
     record = {"kind": "gpu_check", "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "smoke": args.smoke,
               "plan": plan.__dict__, "gpu_name": gpu}
     t_start = time.perf_counter()
+
+    def over_budget(part: str) -> str | None:
+        spent = time.perf_counter() - t_start
+        if spent + PART_ESTIMATE_S[part] > args.budget_s:
+            return (f"time budget: {spent:.0f} s spent, this part takes up to {PART_ESTIMATE_S[part]} s, "
+                    f"--budget-s {args.budget_s:.0f}")
+        return None
+
     with Profiler(interval_ms=100) as prof:
         record["copy"] = copy_bandwidth(plan)
         copy_bw = record["copy"]["bandwidth_gb_s"] * 1e9
@@ -253,7 +227,15 @@ def main(argv: list[str] | None = None) -> Path:
         gc.collect()
         if plan.device.startswith("cuda"):
             torch.cuda.empty_cache()
-        reason = "--skip-fp8" if args.skip_fp8 else fp8_unavailable(plan)
+        save(record, out)
+        with prof.window("attention_kernels"):
+            skipped = over_budget("attention_kernels")
+            record["attention_kernels"] = {"skipped": skipped} if skipped else attention_kernels(plan)
+        save(record, out)
+        skipped = over_budget("compiled_decode")
+        record["compiled_decode"] = {"skipped": skipped} if skipped else compiled_decode(plan, copy_bw, prof)
+        save(record, out)
+        reason = "--skip-fp8" if args.skip_fp8 else fp8_unavailable(plan) or over_budget("fp8")
         if reason is None:
             with prof.window("load_fp8") as w:
                 model, quant = load_fp8(plan, source)
@@ -265,10 +247,7 @@ def main(argv: list[str] | None = None) -> Path:
         record["nvml"] = prof.summary()
     record["environment"] = environment(record["bf16"]["executor"], record["nvml"]["gpus"])
     record["total_s"] = time.perf_counter() - t_start
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    tmp.replace(out)
+    save(record, out)
     for name in ("bf16", "fp8"):
         for c in record[name].get("decode", []):
             if "skipped" in c:
@@ -278,6 +257,7 @@ def main(argv: list[str] | None = None) -> Path:
                       f"{c['achieved_bandwidth_gb_s']:7.1f} GB/s = {c['fraction_of_copy_bandwidth']:.0%} of copy")
         if "prefill" in record[name]:
             print(f"{name} prefill {record[name]['prefill']['prompt_tokens']} tokens: {record[name]['prefill']['seconds']:.2f} s")
+    print_attention(record)
     print(f"copy bandwidth {record['copy']['bandwidth_gb_s']:.0f} GB/s; fp8: {record['fp8'].get('skipped', 'ran')}; "
           f"{record['total_s']:.0f} s in all; wrote {out}")
     return out

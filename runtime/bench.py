@@ -38,6 +38,7 @@ class BenchTarget:
     threads: int | None = None
     hostfile: str | None = None  # MPI hostfile for a multi-node engine (fathom.deploy.launch)
     tp: int = 1  # tensor-parallel ranks of the torch executor
+    compile: bool = False  # torch executor: decode steps through torch.compile
     endpoint: str | None = None  # URL of an OpenAI-compatible server
     request_timeout_s: float = 600.0  # endpoint only: socket timeout of one request
 
@@ -149,7 +150,7 @@ def _run_executor(source: ModelSource, target: BenchTarget, workload: WorkloadSp
     longest = max(len(p.ids or ()) + p.output_len for p in warmup + measured)
     ex = create_executor(target.executor, source, dtype=target.dtype, device=target.device,
                          max_seq_len=target.max_seq_len or longest, eos_ids=source.config.eos_token_ids,
-                         threads=target.threads, tp=target.tp)
+                         threads=target.threads, tp=target.tp, compile=target.compile)
     exit_if_follower(ex)  # only the leader rank measures and writes the record
     info = ex.describe()
     run = run_phases(lambda ps, tag: drive_executor(ex, ps, workload, tag, progress), warmup, measured, workload,

@@ -10,6 +10,8 @@ from .paged_kv import PagedAttention
 
 # (ids (n,), positions (n,), logits index or None) -> logits (n, V)
 Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+# (ids (n,), positions (n,), slot-table rows (n,), context length) -> logits (n, V): CompiledDecoder.step
+Decode = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
 class CudaGraphDecoder:
@@ -19,13 +21,15 @@ class CudaGraphDecoder:
     buffers, the batch is padded up to a bucket with rows that read and write only the null block
     (they use the spare all-null slot-table row), and the gather length is rounded up to a power of
     two (>= 256): one graph then serves many steps, attending over masked padding. Graphs share one
-    memory pool and are captured on first use.
+    memory pool and are captured on first use. With `decode` (fathom.runtime.compiled_decode) a graph
+    captures that compiled step instead of `forward` over `attn`.
     """
 
     BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
-    def __init__(self, forward: Forward, attn: PagedAttention, max_seqs: int, max_seq_len: int, device: torch.device):
-        self.forward, self.attn, self.max_seq_len = forward, attn, max_seq_len
+    def __init__(self, forward: Forward, attn: PagedAttention, max_seqs: int, max_seq_len: int, device: torch.device,
+                 decode: Decode | None = None):
+        self.forward, self.attn, self.max_seq_len, self.decode = forward, attn, max_seq_len, decode
         self.null_row = max_seqs  # PagedKVCache has max_seqs + 1 rows; the last stays null
         self.max_batch = next(b for b in self.BATCH_BUCKETS if b >= max_seqs)
         self.host = torch.zeros((5, self.max_batch), dtype=torch.int64)
@@ -54,6 +58,8 @@ class CudaGraphDecoder:
         return logits[:n]
 
     def _step(self, b: int, S: int) -> torch.Tensor:
+        if self.decode is not None:
+            return self.decode(self.ids[:b], self.positions[:b], self.rows[:b], S)
         self.attn.plan_step(self.slots[:b], [])
         self.attn.plan_decode(self.rows[:b], self.lens[:b], S)
         return self.forward(self.ids[:b], self.positions[:b], None)

@@ -39,8 +39,8 @@ def resolve_run_dtype(dtype: str | None, device: str | None, source: ModelSource
 
 
 # Below this many weight bytes a CPU decode step is a chain of tiny kernels: extra intra-op threads
-# only add synchronization (measured 20 vs 990 tok/s on the demo model with 2 vs 1 threads on a
-# loaded 2-core VM, profiles/results/cpu_executor_vm.json).
+# only add synchronization (measured on the demo model on a loaded 2-core VM: 2 threads ran ~50x
+# slower than 1, OpenMP's waits costing more than the tiny ops).
 SMALL_MODEL_BYTES = 64 << 20
 
 
@@ -84,6 +84,16 @@ def _open_onnx(source: ModelSource, dtype: str, device: str | None, max_seq_len:
     return OnnxExecutor(model, eos_ids=eos_ids)
 
 
+def check_compile(name: str, tp: int, compile: bool) -> None:
+    """Refuse `compile` (torch.compile'd decode steps) where the executor `name` (resolved) cannot take it."""
+    if not compile:
+        return
+    if name != "torch":
+        raise FathomError(f"--compile: compiles the torch executor's decode steps, not --executor {name}")
+    if tp > 1:
+        raise FathomError(f"--compile with --tp {tp}: compiled decode steps run in one process (drop one of them)")
+
+
 def create_executor(name: str, source: ModelSource, dtype: str = "float32", device: str | None = None,
                     max_seq_len: int = DEFAULT_MAX_SEQ_LEN, eos_ids: list[int] | None = None, threads: int | None = None,
                     tp: int = 1, **torch_options):
@@ -96,10 +106,11 @@ def create_executor(name: str, source: ModelSource, dtype: str = "float32", devi
     `tp`: tensor-parallel ranks of the torch executor, for a checkpoint converted with that `--tp`
     (fathom.runtime.tp_launch; this process is rank 0). Close the executor to end the other ranks.
     `torch_options` go to the torch executor (see torch_executor.executor_config: max_num_tokens,
-    max_num_seqs, block_size, kv_format, kv_scales, prefix_reuse, gpu_memory_fraction, ...).
+    max_num_seqs, block_size, kv_format, kv_scales, prefix_reuse, gpu_memory_fraction, compile, ...).
     """
     name = resolve_executor_name(name, source)
     check_tensor_parallel(name, tp)
+    check_compile(name, tp, bool(torch_options.get("compile")))
     if name == "trtllm":
         from .trtllm_executor import TrtllmExecutor
 

@@ -97,9 +97,12 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float | torch.Tensor) -
     return weight * h.to(x.dtype)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """x * cos + rotate_half(x) * sin, bit for bit (see RotaryEmbedding); `out` may be x itself."""
-    return torch.add(x * cos, x.roll(x.shape[-1] // 2, dims=-1) * sin_signed, out=out)
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+    """x * cos + rotate_half(x) * sin, bit for bit (see RotaryEmbedding); `in_place` writes it into x.
+    In place is mul_/add_, not `out=x`: torch.compile cannot trace `out=` into a strided view (q and
+    k inside a packed qkv row), and the op count is the same."""
+    rotated = x.roll(x.shape[-1] // 2, dims=-1) * sin_signed
+    return x.mul_(cos).add_(rotated) if in_place else x * cos + rotated
 
 
 class RotaryEmbedding(nn.Module):
@@ -212,7 +215,7 @@ def decoder_layer(cfg: ModelConfig, w: LayerWeights, layer: int, x: torch.Tensor
     Hq, Hkv, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
     qkv = w.qkv(rms_norm(x, w.input_norm, eps))  # (*tokens, q + 2 kv)
     qk = qkv[..., :cfg.q_size + cfg.kv_size].view(*tokens, Hq + Hkv, D)
-    apply_rope(qk, cos, sin, out=qk)  # RoPE on q and k heads together, in place: K lands next to V
+    apply_rope(qk, cos, sin, in_place=True)  # RoPE on q and k heads together, in place: K lands next to V
     q = qkv[..., :cfg.q_size].view(*tokens, Hq, D)
     kv = qkv[..., cfg.q_size:].view(*tokens, 2, Hkv, D)
     x = x + tp.all_reduce(w.dense(attn.attend(layer, q, kv).flatten(-2)))

@@ -4,9 +4,11 @@ The step's tokens form one packed row for `Qwen2Model.forward_packed`: one decod
 decoding sequence first, then the prefill chunks. Their ids, positions, cache slots and slot-table
 rows reach the device in one host->device copy, `PagedAttention` is planned once for every layer,
 and logits come back only for positions that sample (each decode, each chunk that ends its
-prompt). On CUDA, decode-only steps replay a CUDA graph instead (fathom.runtime.cuda_graphs; one
-process only). Tensor parallel: rank 0 packs the step, hands its `StepPlan` and integers to the
-other ranks, and every rank runs the same `run` on its shard.
+prompt). Decode-only steps may go another way: through one torch.compile'd function
+(`compile_decode`, fathom.runtime.compiled_decode), replayed from a CUDA graph on CUDA
+(fathom.runtime.cuda_graphs; one process only; the graph captures the compiled function when both
+are on). Tensor parallel: rank 0 packs the step, hands its `StepPlan` and integers to the other
+ranks, and every rank runs the same `run` on its shard.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 
 from fathom.build.config import ModelConfig
 
+from .compiled_decode import CompiledDecoder
 from .cuda_graphs import CudaGraphDecoder
 from .model import Qwen2Model
 from .paged_kv import PagedAttention, PagedKVCache
@@ -43,19 +46,22 @@ class StepPlan:
 
 class ModelRunner:
     """`workers`: the other ranks of a tensor-parallel group (fathom.runtime.tp_launch.TPWorkers),
-    handed each step's plan and data before this rank runs its shard."""
+    handed each step's plan and data before this rank runs its shard. `compile_decode`: decode-only
+    steps through `CompiledDecoder`."""
 
     def __init__(self, model: Qwen2Model, cache: PagedKVCache, max_num_seqs: int, max_seq_len: int,
-                 cuda_graphs: bool, workers: TPWorkers | None = None):
+                 cuda_graphs: bool, workers: TPWorkers | None = None, compile_decode: bool = False):
         self.model, self.cache, self.device = model, cache, model.device
         self.workers = workers
         self.attn = PagedAttention(cache)
         if self.device.type == "cpu":
             column_major_linears(model)
         self.weights = model.weights()
+        self.compiled = CompiledDecoder(model, self.weights, cache, self.device) if compile_decode else None
         self.graphs = None
         if self.device.type == "cuda" and cuda_graphs and model.tp.size == 1:
-            self.graphs = CudaGraphDecoder(self.run_model, self.attn, max_num_seqs, max_seq_len, self.device)
+            self.graphs = CudaGraphDecoder(self.run_model, self.attn, max_num_seqs, max_seq_len, self.device,
+                                           decode=self.compiled.step if self.compiled is not None else None)
 
     def forward(self, decodes: list[Sequence], chunks: list[Chunk]) -> torch.Tensor:
         """Logits (K, V) of the step's sampling positions: decodes, then chunks that end their prompt."""
@@ -69,6 +75,8 @@ class ModelRunner:
             rows.append(s.row)
         if not chunks and self.graphs is not None:
             return self.graphs.run(ids, positions, slots, rows)
+        if not chunks and self.compiled is not None:
+            return self.compiled.run(ids, positions, rows)
         plan, index = [], []
         if chunks:
             index = list(range(n))

@@ -12,7 +12,8 @@ fathom.runtime.block_manager (blocks and rows per sequence, prefix reuse), fatho
 fathom.runtime.paged_kv (pools, slot table, paged attention). This module validates requests, turns
 sampled tokens (with their log-probs, for requests that ask) into events and describes the whole.
 
-CPU: eager, nothing else. CUDA: the same code, plus decode-only steps replayed from CUDA graphs.
+CPU: eager, or with `compile` decode-only steps through one torch.compile'd function
+(fathom.runtime.compiled_decode). CUDA: the same, plus decode-only steps replayed from CUDA graphs.
 Tensor parallel (`--tp N`, fathom.runtime.tp_launch): this object is rank 0; it keeps the
 scheduler, sampling and the interface, and its runner hands every step to the other ranks.
 """
@@ -28,6 +29,7 @@ from fathom.build.errors import ConfigError, FathomError
 from fathom.build.precision import KvCacheFormat, dtype_word
 from fathom.build.quant.kv_cache import KVCacheQuant
 
+from . import compiled_decode
 from .block_manager import BlockManager
 from .executor import KVUsage, Request, TokenEvent, finish_reason, now
 from .model import Qwen2Model
@@ -46,6 +48,7 @@ class TorchExecutorConfig:
     max_num_seqs: int = 64  # running sequences (one slot-table row each)
     kv: KVCacheConfig = field(default_factory=KVCacheConfig)
     cuda_graphs: bool = True  # decode steps on CUDA; ignored on CPU
+    compile: bool = False  # decode steps through torch.compile (fathom.runtime.compiled_decode)
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:
@@ -76,7 +79,7 @@ class TorchExecutor:
         self.blocks = BlockManager(self.cache, config.max_num_seqs, config.kv.prefix_reuse)
         self.scheduler = Scheduler(self.blocks, config.max_num_tokens)
         self.runner = ModelRunner(model, self.cache, config.max_num_seqs, self.max_seq_len, config.cuda_graphs,
-                                  workers)
+                                  workers, compile_decode=config.compile)
         self.cancelled: set[str] = set()
         self.known: set[str] = set()
 
@@ -118,14 +121,17 @@ class TorchExecutor:
     def describe(self) -> dict:
         from .quant_linear import describe_model_precision
 
-        graphs = self.runner.graphs
+        graphs, compiled = self.runner.graphs, self.runner.compiled
         info = {"executor": self.name, "device": str(self.device), "dtype": dtype_word(self.model.dtype),
                 "attention": "sdpa", "kv_cache": "paged", "kv_cache_dtype": dtype_word(self.cache.storage),
                 "block_size": self.cache.block_size, "kv_capacity_tokens": self.cache.capacity_tokens,
                 "max_num_tokens": self.opts.max_num_tokens, "max_num_seqs": self.opts.max_num_seqs,
                 "max_seq_len": self.max_seq_len, "prefix_reuse": self.blocks.prefix_reuse, "packed_forward": True,
                 "cuda_graphs": sorted(graphs.graphs) if graphs is not None else None,
-                "torch_compile": False, "threads": torch.get_num_threads(), **describe_model_precision(self.model),
+                "torch_compile": compiled is not None,
+                "decode_attention": compiled_decode.KERNEL if compiled is not None else "gather_sdpa",
+                "compiled_graphs": compiled.graphs_compiled if compiled is not None else None,
+                "threads": torch.get_num_threads(), **describe_model_precision(self.model),
                 "kv_cache_format": self.cache.kv_format.value}  # the cache built, which --kv-cache may override
         if self.workers is not None:
             info["tensor_parallel"] = self.workers.describe()
@@ -204,19 +210,20 @@ def open_cache(model: Qwen2Model, config: TorchExecutorConfig, max_seq_len: int,
 
 
 def executor_config(max_num_tokens: int | None = None, max_num_seqs: int | None = None,
-                    cuda_graphs: bool | None = None, **kv_options) -> TorchExecutorConfig:
+                    cuda_graphs: bool | None = None, compile: bool | None = None, **kv_options) -> TorchExecutorConfig:
     """A TorchExecutorConfig from flat options; None keeps a default (max_num_seqs: 64, or fewer
     than max_num_tokens). KV options: KVCacheConfig fields."""
     base = TorchExecutorConfig()
     kv_options = {k: v for k, v in kv_options.items() if v is not None}
     unknown = sorted(set(kv_options) - set(KVCacheConfig.__dataclass_fields__))
     if unknown:
-        raise ConfigError(f"torch executor options {unknown}: expected max_num_tokens, max_num_seqs, cuda_graphs "
-                          f"or one of {', '.join(KVCacheConfig.__dataclass_fields__)}")
+        raise ConfigError(f"torch executor options {unknown}: expected max_num_tokens, max_num_seqs, cuda_graphs, "
+                          f"compile or one of {', '.join(KVCacheConfig.__dataclass_fields__)}")
     if "kv_scales" in kv_options:
         kv_options["kv_scales"] = tuple(float(x) for x in kv_options["kv_scales"])
     max_num_tokens = max_num_tokens or base.max_num_tokens
     return TorchExecutorConfig(max_num_tokens=max_num_tokens,
                                max_num_seqs=max_num_seqs or min(base.max_num_seqs, max_num_tokens - 1),
                                kv=replace(base.kv, **kv_options),
-                               cuda_graphs=base.cuda_graphs if cuda_graphs is None else cuda_graphs)
+                               cuda_graphs=base.cuda_graphs if cuda_graphs is None else cuda_graphs,
+                               compile=base.compile if compile is None else compile)

@@ -43,9 +43,9 @@ FORMATS = click.Choice(["table", "markdown", "json"])
               help="Records file to append to (default: ./fathom-runs/<host>-<gpu>.jsonl).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random prompts and arrivals.")
 @json_option
-def bench(model, executor, dtype, device, tokenizer, threads, max_seq_len, hostfile, tp, input_len, output_len, num_requests, batch_size,
-          concurrency, request_rate, warmup, dataset, slo_ttft_ms, slo_tpot_ms, endpoint, request_timeout_s, profile,
-          profile_interval_ms, timeseries, out, seed, as_json):
+def bench(model, executor, dtype, device, tokenizer, threads, max_seq_len, hostfile, tp, torch_compile, input_len,
+          output_len, num_requests, batch_size, concurrency, request_rate, warmup, dataset, slo_ttft_ms, slo_tpot_ms,
+          endpoint, request_timeout_s, profile, profile_interval_ms, timeseries, out, seed, as_json):
     """Measure TTFT, TPOT, ITL, throughput, memory and energy of MODEL; append a run record."""
     from fathom.runtime.bench import BenchTarget, ProfileOptions, bench_model
     from fathom.runtime.records import default_results_file
@@ -57,8 +57,8 @@ def bench(model, executor, dtype, device, tokenizer, threads, max_seq_len, hostf
                             batch_size=batch_size, concurrency=concurrency, request_rate=request_rate, warmup=warmup,
                             dataset=dataset, slo_ttft_ms=slo_ttft_ms, slo_tpot_ms=slo_tpot_ms, seed=seed)
     target = BenchTarget(model, executor=executor, dtype=dtype, device=device, tokenizer=tokenizer,
-                         max_seq_len=max_seq_len, threads=threads, hostfile=hostfile, tp=tp, endpoint=endpoint,
-                         request_timeout_s=request_timeout_s)
+                         max_seq_len=max_seq_len, threads=threads, hostfile=hostfile, tp=tp, compile=torch_compile,
+                         endpoint=endpoint, request_timeout_s=request_timeout_s)
     profiling = ProfileOptions(enabled=profile, interval_ms=profile_interval_ms, timeseries=timeseries)
     record = bench_model(target, workload, profiling, out=out, progress=is_tty() and not as_json)
     path = out or default_results_file(record)

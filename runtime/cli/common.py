@@ -45,6 +45,9 @@ def runtime_options(f):
                           "mpirun -n N --hostfile FILE."),
         click.option("--tp", type=click.IntRange(1), default=1, show_default=True,
                      help="Tensor-parallel ranks (torch executor; a checkpoint converted with the same --tp)."),
+        click.option("--compile", "torch_compile", is_flag=True,
+                     help="Torch executor: decode steps through torch.compile (inductor; the first steps compile, "
+                          "seconds per batch shape)."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -53,7 +56,7 @@ def runtime_options(f):
 
 def open_runtime(model: str, executor: str, dtype: str, device: str | None, tokenizer: str | None,
                  max_seq_len: int, threads: int | None = None, hostfile: str | None = None, tp: int = 1,
-                 **torch_options):
+                 torch_compile: bool = False, **torch_options):
     """Resolve MODEL, open the executor and the tokenizer. Returns (source, executor, tokenizer).
     `torch_options` go to the torch executor (see executors.create_executor). A multi-rank engine
     started without MPI re-runs the command under mpirun first (fathom.deploy.launch). On a
@@ -71,6 +74,6 @@ def open_runtime(model: str, executor: str, dtype: str, device: str | None, toke
     dtype, device = resolve_run_dtype(dtype, device, source)
     eos = source.config.eos_token_ids or ([tok.eos_token_id] if tok.eos_token_id is not None else [])
     ex = create_executor(executor, source, dtype=dtype, device=device, max_seq_len=max_seq_len, eos_ids=eos,
-                         threads=threads, tp=tp, **torch_options)
+                         threads=threads, tp=tp, compile=torch_compile, **torch_options)
     exit_if_follower(ex)
     return source, ex, tok

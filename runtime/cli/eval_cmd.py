@@ -55,7 +55,7 @@ def _grader_names():
 @click.pass_context
 def eval_command(ctx, model, data, samples, temperature, top_p, max_new_tokens, seed, limit, endpoint, api_key,
                  concurrency, grader, out, resume, force, regrade, records, no_record, executor, dtype, device, tokenizer,
-                 threads, max_seq_len, hostfile, tp, as_json):
+                 threads, max_seq_len, hostfile, tp, torch_compile, as_json):
     """Accuracy of MODEL on math problems, graded as the model card does.
 
     Samples each problem n times (defaults: the card's protocol, 64 samples at temperature 0.6,
@@ -100,7 +100,7 @@ def eval_command(ctx, model, data, samples, temperature, top_p, max_new_tokens, 
         user_len = ctx.get_parameter_source("max_seq_len") is not ParameterSource.DEFAULT
         max_seq_len = _context_tokens(model, tokenizer, problems, max_new_tokens, max_seq_len if user_len else None)
         _, ex, tok = open_runtime(model, executor, dtype, device, tokenizer, max_seq_len, threads, hostfile, tp,
-                                  prefix_reuse=True)
+                                  torch_compile, prefix_reuse=True)
         held = ex.describe().get("max_seq_len")
         if held is not None and held < max_seq_len:
             raise FathomError(f"--max-new-tokens {max_new_tokens}: the longest prompt + the output need "
@@ -126,7 +126,7 @@ def eval_command(ctx, model, data, samples, temperature, top_p, max_new_tokens, 
 
 # The parameters --regrade uses, and those of the in-process executor (which --endpoint replaces).
 REGRADE_PARAMETERS = ("regrade", "grader", "as_json")
-EXECUTOR_PARAMETERS = ("executor", "dtype", "device", "threads", "max_seq_len", "hostfile", "tp")
+EXECUTOR_PARAMETERS = ("executor", "dtype", "device", "threads", "max_seq_len", "hostfile", "tp", "torch_compile")
 
 
 def _given(ctx: click.Context, wanted) -> list[str]:

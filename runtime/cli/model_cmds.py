@@ -90,7 +90,8 @@ def _timing_line(c) -> str:
 @click.option("--profile", is_flag=True, help="Record GPU/host memory, power and energy with the NVML profiler.")
 @json_option
 def generate(model, prompt, chat, system, max_new_tokens, temperature, top_p, top_k, seed, stop_strings,
-             executor, dtype, device, tokenizer, threads, max_seq_len, hostfile, tp, stream, profile, as_json):
+             executor, dtype, device, tokenizer, threads, max_seq_len, hostfile, tp, torch_compile, stream, profile,
+             as_json):
     """Generate a completion for one prompt; reasoning is shown dimmed.
 
     \b
@@ -101,7 +102,8 @@ def generate(model, prompt, chat, system, max_new_tokens, temperature, top_p, to
     from fathom.runtime.generate import generate_texts
 
     params = make_params(max_new_tokens, temperature, top_p, top_k, seed, stop_strings)
-    source, ex, tok = open_runtime(model, executor, dtype, device, tokenizer, max_seq_len, threads, hostfile=hostfile, tp=tp)
+    source, ex, tok = open_runtime(model, executor, dtype, device, tokenizer, max_seq_len, threads,
+                                   hostfile=hostfile, tp=tp, torch_compile=torch_compile)
     ids = chat_prompt_ids(tok, build_messages(prompt, system)) if chat else raw_prompt_ids(tok, prompt)
     printer = StreamPrinter(in_think=chat) if stream and not as_json else None
     with _maybe_profiler(profile) as prof:
@@ -134,7 +136,7 @@ def _maybe_profiler(enabled: bool):
 @sampling_options
 @runtime_options
 def chat(model, system, max_new_tokens, temperature, top_p, top_k, seed, stop_strings,
-         executor, dtype, device, tokenizer, threads, max_seq_len, hostfile, tp):
+         executor, dtype, device, tokenizer, threads, max_seq_len, hostfile, tp, torch_compile):
     """Interactive multi-turn chat (/reset clears the history, /exit quits).
 
     \b
@@ -144,7 +146,8 @@ def chat(model, system, max_new_tokens, temperature, top_p, top_k, seed, stop_st
     from fathom.runtime.generate import generate_texts
 
     params = make_params(max_new_tokens, temperature, top_p, top_k, seed, stop_strings)
-    source, ex, tok = open_runtime(model, executor, dtype, device, tokenizer, max_seq_len, threads, hostfile=hostfile, tp=tp)
+    source, ex, tok = open_runtime(model, executor, dtype, device, tokenizer, max_seq_len, threads,
+                                   hostfile=hostfile, tp=tp, torch_compile=torch_compile)
     history: list[dict[str, str]] = []
     click.echo(f"fathom chat: {model} on {ex.describe().get('device')}. /reset clears history, /exit quits.")
     while True:

@@ -36,8 +36,8 @@ def served_name(model: str) -> str:
               help="Seconds running requests get to finish after SIGTERM before they end with finish_reason 'abort'.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
               show_default=True)
-def serve_cmd(model, executor, dtype, device, tokenizer, threads, max_seq_len, hostfile, tp, host, port, api_key,
-              served_model_name, max_num_seqs, max_queue, max_tokens_cap, max_body_bytes, grace_s, log_level):
+def serve_cmd(model, executor, dtype, device, tokenizer, threads, max_seq_len, hostfile, tp, torch_compile, host, port,
+              api_key, served_model_name, max_num_seqs, max_queue, max_tokens_cap, max_body_bytes, grace_s, log_level):
     """Serve MODEL over an OpenAI-compatible HTTP API (vLLM / trtllm-serve style).
 
     Endpoints: /v1/models, /v1/chat/completions, /v1/completions (streaming or not), /health, /metrics.
@@ -53,8 +53,8 @@ def serve_cmd(model, executor, dtype, device, tokenizer, threads, max_seq_len, h
     from fathom.runtime.serve.runner import serve
     from fathom.runtime.nvml_devices import open_visible_gpus
 
-    source, ex, tok = open_runtime(model, executor, dtype, device, tokenizer, max_seq_len, threads, hostfile=hostfile, tp=tp,
-                                   max_num_seqs=max_num_seqs, prefix_reuse=True)
+    source, ex, tok = open_runtime(model, executor, dtype, device, tokenizer, max_seq_len, threads, hostfile=hostfile,
+                                   tp=tp, torch_compile=torch_compile, max_num_seqs=max_num_seqs, prefix_reuse=True)
     engine = EngineLoop(ex)
     config = ServerConfig(served_model_name or served_name(model), max_seq_len, api_key, max_queue,
                           max_tokens_cap, max_body_bytes)
