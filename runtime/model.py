@@ -9,10 +9,13 @@ calibration) and the paged continuous-batching executor.
 
 One decoder-layer computation (`decoder_layer`) serves both entry points: `forward` (B rows of T
 tokens) and `forward_packed` (one packed row of N tokens from many sequences, the executor's hot
-path). It reads `ModelWeights`, looked up once: norm weights, and each linear as a plain callable,
-`F.linear` bound to an `nn.Linear`'s tensors (a module call costs ~2 us on a CPU, and a small model
-makes dozens per token) or a quantized module's forward (fathom.runtime.quant_linear). Inference
-only: RoPE is applied in place, so run it under torch.inference_mode() or torch.no_grad().
+path); both run it on 2-D (tokens, features) activations, so they agree bit for bit. It reads
+`ModelWeights`, looked up once: norm weights, and each linear as a plain callable, torch.mm/addmm
+bound to an `nn.Linear`'s tensors (a module call costs ~2 us on a CPU, F.linear's argument handling
+~1 us, and a small model makes dozens per token) or a quantized module's forward
+(fathom.runtime.quant_linear). The MLP's fc and gate take one matmul once `fuse_gate_up` made their
+weights halves of one tensor (the executor does, on every rank). Inference only: RoPE is applied in
+place, so run it under torch.inference_mode() or torch.no_grad().
 
 Tensor parallelism is explicit state too (`tp`, fathom.runtime.tensor_parallel): a rank's model
 holds its shard of every layer (`shard_cfg`: its heads and MLP width), `decoder_layer` all-reduces
@@ -40,6 +43,7 @@ if TYPE_CHECKING:
     from fathom.build.quant.kv_cache import KVAmax, KVCacheQuant
 
 Linear = Callable[[torch.Tensor], torch.Tensor]
+GatedLinears = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # h -> (mlp.fc(h), mlp.gate(h))
 LinearObserver = Callable[[str, torch.Tensor], None]  # (module name, its input)
 
 
@@ -87,13 +91,15 @@ class CausalAttention:
         return causal_attention(q, kv)
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
-    """HF Qwen2RMSNorm's op order: normalize in float32, scale in the model dtype. `eps` may be a
-    0-d float32 tensor (adding a Python float wraps it in a tensor every call)."""
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: torch.Tensor, width: torch.Tensor) -> torch.Tensor:
+    """HF Qwen2RMSNorm's op order: normalize in float32, scale in the model dtype. `eps` and `width`
+    (the size of the last dimension) are 0-d float32 tensors: mean(x^2) + eps is computed as
+    eps + sum(x^2) / width in one addcdiv, bit for bit (`mean` divides its sum by the width too, at
+    twice the cost of a sum on a CPU)."""
     if x.dtype == torch.float32:
-        return x * torch.rsqrt((x * x).mean(-1, keepdim=True) + eps) * weight  # x * x == x.pow(2), bit for bit
+        return x * torch.rsqrt(torch.addcdiv(eps, (x * x).sum(-1, keepdim=True), width)) * weight  # x * x == x.pow(2)
     h = x.float()
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    h = h * torch.rsqrt(torch.addcdiv(eps, (h * h).sum(-1, keepdim=True), width))
     return weight * h.to(x.dtype)
 
 
@@ -148,6 +154,15 @@ class QwenMLP(nn.Module):
         self.fc = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.gate = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.gate_up: torch.Tensor | None = None  # (2I, H) whose halves fc and gate are views of (`fuse_gate_up`)
+
+    def fused_weight(self) -> torch.Tensor | None:
+        """`gate_up` while fc.weight and gate.weight are still its halves (a move or re-layout of either
+        makes them tensors of their own again)."""
+        w = self.gate_up
+        if w is None or self.fc.weight.data_ptr() != w.data_ptr() or self.gate.weight.data_ptr() != w[w.shape[0] // 2:].data_ptr():
+            return None
+        return w
 
 
 class DecoderLayer(nn.Module):
@@ -177,8 +192,7 @@ class LayerWeights(NamedTuple):
     qkv: Linear
     dense: Linear
     post_norm: torch.Tensor
-    fc: Linear
-    gate: Linear
+    fc_gate: GatedLinears
     proj: Linear
 
 
@@ -188,36 +202,80 @@ class ModelWeights(NamedTuple):
     final_norm: torch.Tensor
     lm_head: Linear
     eps: torch.Tensor  # rms_norm_eps, 0-d float32 on the model's device
+    width: torch.Tensor  # hidden_size, 0-d float32 on the model's device (`rms_norm`)
+
+
+def _plain(module: nn.Module) -> bool:
+    return type(module) is nn.Linear
 
 
 def as_linear(module: nn.Module) -> Linear:
-    """`module` as a plain callable: an nn.Linear's tensors bound to F.linear, else its forward."""
-    if type(module) is nn.Linear:
-        return partial(F.linear, weight=module.weight, bias=module.bias)
+    """`module` as a plain callable on 2-D inputs (N, in): an nn.Linear's tensors bound to torch.mm, or
+    torch.addmm with its bias (what F.linear runs on 2-D inputs, bit for bit, without its ~1 us of
+    argument handling per call); any other module's forward."""
+    if _plain(module):
+        wt = module.weight.t()
+        return partial(torch.mm, mat2=wt) if module.bias is None else partial(torch.addmm, module.bias, mat2=wt)
     return module.forward
 
 
-def _observed(linear: Linear, name: str, observer: LinearObserver) -> Linear:
-    def call(x: torch.Tensor) -> torch.Tensor:
-        observer(name, x)
-        return linear(x)
+def gated_linears(mlp: QwenMLP) -> GatedLinears:
+    """h -> (fc(h), gate(h)): one matmul and two views of its output when the MLP is fused."""
+    w = mlp.fused_weight()
+    if w is not None:
+        wt = w.t()
+        return lambda h: torch.mm(h, wt).chunk(2, -1)
+    fc, gate = as_linear(mlp.fc), as_linear(mlp.gate)
+    return lambda h: (fc(h), gate(h))
+
+
+def fuse_gate_up(model: Qwen2Model) -> None:
+    """Make each layer's mlp.fc and mlp.gate weights (bias-free nn.Linear on both) the two halves of
+    one (2I, H) tensor in fc's layout (row- or column-major), so that the MLP input takes one matmul
+    (`gated_linears`). The parameters stay, now views: state_dict names and values are unchanged and
+    no second copy is held. Quantized linears keep their own calls. Idempotent."""
+    for layer in model.transformer.layers:
+        mlp = layer.mlp
+        fc, gate = mlp.fc, mlp.gate
+        if mlp.fused_weight() is not None or not (_plain(fc) and _plain(gate)) or fc.bias is not None \
+                or gate.bias is not None:
+            continue
+        a, b = fc.weight.data, gate.weight.data
+        if a.dim() != 2 or a.shape != b.shape or a.dtype != b.dtype:
+            continue
+        w = torch.cat((a.t(), b.t()), 1).t() if a.stride(0) < a.stride(1) else torch.cat((a, b))
+        fc.weight.data, gate.weight.data = w[:a.shape[0]], w[a.shape[0]:]
+        mlp.gate_up = w
+
+
+def _observed(fn: Callable, names: tuple[str, ...], observer: LinearObserver) -> Callable:
+    """`fn` whose last argument (the linear input) is first handed to `observer` under each of `names`."""
+    def call(*args: torch.Tensor):
+        for name in names:
+            observer(name, args[-1])
+        return fn(*args)
     return call
 
 
 def decoder_layer(cfg: ModelConfig, w: LayerWeights, layer: int, x: torch.Tensor, cos: torch.Tensor,
-                  sin: torch.Tensor, attn: Attention, eps: torch.Tensor, tp: TensorParallel = SINGLE) -> torch.Tensor:
-    """One decoder layer on x (*tokens, H), cos/sin (*tokens, 1, D) -> (*tokens, H). `cfg` is the
-    rank's shard config (its heads, its MLP width); the row-parallel outputs are summed over `tp`."""
-    tokens = x.shape[:-1]
+                  sin: torch.Tensor, tokens: torch.Size, attn: Attention, eps: torch.Tensor, width: torch.Tensor,
+                  tp: TensorParallel = SINGLE) -> torch.Tensor:
+    """One decoder layer on x (N, H), cos/sin (N, 1, D) -> (N, H), N tokens whose shape for attention is
+    `tokens` ((B, T) or (N,)). `cfg` is the rank's shard
+    config (its heads, its MLP width); the row-parallel outputs are summed over `tp`.
+
+    The residual adds stay separate ops: torch.addmm(x, h, W^T) saves ~1 us per call on the dev CPU
+    but rounds differently from the sum of the ranks' partial products (up to 1.6e-5 on the logits
+    of a 768-wide model), beyond what one process and its tensor-parallel run agree to (1e-5)."""
     Hq, Hkv, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-    qkv = w.qkv(rms_norm(x, w.input_norm, eps))  # (*tokens, q + 2 kv)
-    qk = qkv[..., :cfg.q_size + cfg.kv_size].view(*tokens, Hq + Hkv, D)
+    qkv = w.qkv(rms_norm(x, w.input_norm, eps, width))  # (N, q + 2 kv)
+    qk = qkv[:, :cfg.q_size + cfg.kv_size].view(-1, Hq + Hkv, D)
     apply_rope(qk, cos, sin, out=qk)  # RoPE on q and k heads together, in place: K lands next to V
-    q = qkv[..., :cfg.q_size].view(*tokens, Hq, D)
-    kv = qkv[..., cfg.q_size:].view(*tokens, 2, Hkv, D)
-    x = x + tp.all_reduce(w.dense(attn.attend(layer, q, kv).flatten(-2)))
-    h = rms_norm(x, w.post_norm, eps)
-    return x + tp.all_reduce(w.proj(F.silu(w.fc(h)) * w.gate(h)))
+    q = qkv[:, :cfg.q_size].view(*tokens, Hq, D)
+    kv = qkv[:, cfg.q_size:].view(*tokens, 2, Hkv, D)
+    x = x + tp.all_reduce(w.dense(attn.attend(layer, q, kv).reshape(x.shape[0], cfg.q_size)))
+    a, b = w.fc_gate(rms_norm(x, w.post_norm, eps, width))
+    return x + tp.all_reduce(w.proj(F.silu(a) * b))
 
 
 class Qwen2Model(nn.Module):
@@ -242,30 +300,32 @@ class Qwen2Model(nn.Module):
     def weights(self, observer: LinearObserver | None = None) -> ModelWeights:
         """The tensors and linears a forward reads, looked up once (nn.Module attribute access is
         slow; pass them as `weights` to skip even this). With `observer`, each linear first hands it
-        its module name and input."""
-        def linear(module: nn.Module, name: str) -> Linear:
-            fn = as_linear(module)
-            return fn if observer is None else _observed(fn, name, observer)
+        its module name and input (`mlp.fc` and `mlp.gate` the same input, fused or not)."""
+        def observed(fn: Callable, *names: str) -> Callable:
+            return fn if observer is None else _observed(fn, names, observer)
 
         t = self.transformer
         layers = []
         for i, l in enumerate(t.layers):
             p = f"transformer.layers.{i}"
             layers.append(LayerWeights(
-                l.input_layernorm.weight, linear(l.attention.qkv, f"{p}.attention.qkv"),
-                linear(l.attention.dense, f"{p}.attention.dense"), l.post_layernorm.weight,
-                linear(l.mlp.fc, f"{p}.mlp.fc"), linear(l.mlp.gate, f"{p}.mlp.gate"),
-                linear(l.mlp.proj, f"{p}.mlp.proj")))
-        eps = torch.tensor(self.cfg.rms_norm_eps, dtype=torch.float32, device=self.device)
-        return ModelWeights(tuple(layers), t.vocab_embedding.weight, t.ln_f.weight, linear(self.lm_head, "lm_head"),
-                            eps)
+                l.input_layernorm.weight, observed(as_linear(l.attention.qkv), f"{p}.attention.qkv"),
+                observed(as_linear(l.attention.dense), f"{p}.attention.dense"), l.post_layernorm.weight,
+                observed(gated_linears(l.mlp), f"{p}.mlp.fc", f"{p}.mlp.gate"),
+                observed(as_linear(l.mlp.proj), f"{p}.mlp.proj")))
+        scalar = partial(torch.tensor, dtype=torch.float32, device=self.device)
+        return ModelWeights(tuple(layers), t.vocab_embedding.weight, t.ln_f.weight,
+                            observed(as_linear(self.lm_head), "lm_head"), scalar(self.cfg.rms_norm_eps),
+                            scalar(float(self.cfg.hidden_size)))
 
     def _hidden(self, input_ids: torch.Tensor, positions: torch.Tensor, attn: Attention,
                 w: ModelWeights) -> torch.Tensor:
-        x = F.embedding(input_ids, w.embedding)  # (*tokens, H)
-        cos, sin = self.rope.table(positions, x.dtype)  # (*tokens, 1, D) each
+        """input_ids/positions (*tokens) -> hidden states (N, H), N tokens in order."""
+        tokens = input_ids.shape
+        x = F.embedding(input_ids.reshape(-1), w.embedding)  # (N, H)
+        cos, sin = self.rope.table(positions.reshape(-1), x.dtype)  # (N, 1, D) each
         for i, layer in enumerate(w.layers):
-            x = decoder_layer(self.shard_cfg, layer, i, x, cos, sin, attn, w.eps, self.tp)
+            x = decoder_layer(self.shard_cfg, layer, i, x, cos, sin, tokens, attn, w.eps, w.width, self.tp)
         return x
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn: Attention,
@@ -277,11 +337,12 @@ class Qwen2Model(nn.Module):
         A (B, K) `logits_index` selects K positions per row, returning (B, K, V).
         """
         w = self.weights() if weights is None else weights
-        x = self._hidden(input_ids, positions, attn, w)  # (B, T, H)
+        x = self._hidden(input_ids, positions, attn, w).view(*input_ids.shape, -1)  # (B, T, H)
         if logits_index is not None:
             index = logits_index if logits_index.dim() == 2 else logits_index[:, None]  # (B, K)
             x = x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))  # (B, K, H)
-        return self._logits(x, w)
+        logits = self._logits(x.reshape(-1, x.shape[-1]), w)
+        return None if logits is None else logits.view(*x.shape[:-1], -1)
 
     def forward_packed(self, input_ids: torch.Tensor, positions: torch.Tensor, attn: Attention,
                        logits_index: torch.Tensor | None = None, weights: ModelWeights | None = None) -> torch.Tensor:
@@ -298,9 +359,9 @@ class Qwen2Model(nn.Module):
         return self._logits(x, w)
 
     def _logits(self, x: torch.Tensor, w: ModelWeights) -> torch.Tensor | None:
-        """Float32 logits of hidden states x (*, H); across tensor-parallel ranks, gathered on rank 0
+        """Float32 logits of hidden states x (K, H); across tensor-parallel ranks, gathered on rank 0
         (the other ranks get None)."""
-        logits = self.tp.gather_vocab(w.lm_head(rms_norm(x, w.final_norm, w.eps)), self.cfg.vocab_size)
+        logits = self.tp.gather_vocab(w.lm_head(rms_norm(x, w.final_norm, w.eps, w.width)), self.cfg.vocab_size)
         return None if logits is None else logits.float()
 
     @property

@@ -19,7 +19,7 @@ import torch
 from fathom.build.config import ModelConfig
 
 from .cuda_graphs import CudaGraphDecoder
-from .model import Qwen2Model
+from .model import Qwen2Model, fuse_gate_up
 from .paged_kv import PagedAttention, PagedKVCache
 from .sampling import make_generator, sample
 from .scheduler import Chunk, Sequence
@@ -35,9 +35,11 @@ class StepPlan:
 
     num_tokens: int  # N, decodes first
     num_decodes: int  # n
-    chunks: tuple[tuple[int, int, int, int], ...]  # (first token, count, slot-table row, start position)
+    # (first token, count, slot-table row, start position, first slot when the row's blocks are consecutive, else -1)
+    chunks: tuple[tuple[int, int, int, int, int], ...]
     decode_len: int  # longest decode context after this step (0: no decodes)
     ragged: bool  # decode contexts differ in length, so attention needs a mask
+    decode_first_slot: int  # a lone decode whose blocks are consecutive: its first slot (read in place); else -1
     data_len: int  # integers in the step's data tensor
 
 
@@ -52,6 +54,7 @@ class ModelRunner:
         self.attn = PagedAttention(cache)
         if self.device.type == "cpu":
             column_major_linears(model)
+        fuse_gate_up(model)  # after the re-layout, whose layout it keeps
         self.weights = model.weights()
         self.graphs = None
         if self.device.type == "cuda" and cuda_graphs and model.tp.size == 1:
@@ -60,13 +63,10 @@ class ModelRunner:
     def forward(self, decodes: list[Sequence], chunks: list[Chunk]) -> torch.Tensor:
         """Logits (K, V) of the step's sampling positions: decodes, then chunks that end their prompt."""
         bs, n = self.cache.block_size, len(decodes)
-        ids, positions, slots, rows = [], [], [], []
-        for s in decodes:
-            p = s.num_computed
-            ids.append(s.tokens[-1])
-            positions.append(p)
-            slots.append(s.blocks[p // bs] * bs + p % bs)
-            rows.append(s.row)
+        ids = [s.tokens[-1] for s in decodes]
+        positions = [s.num_computed for s in decodes]
+        slots = [s.blocks[p // bs] * bs + p % bs for s, p in zip(decodes, positions)]
+        rows = [s.row for s in decodes]
         if not chunks and self.graphs is not None:
             return self.graphs.run(ids, positions, slots, rows)
         plan, index = [], []
@@ -74,15 +74,16 @@ class ModelRunner:
             index = list(range(n))
             for s, count in chunks:
                 start = s.num_computed
-                plan.append((len(ids), count, s.row, start))
+                plan.append((len(ids), count, s.row, start, s.blocks[0] * bs if s.consecutive else -1))
                 ids.extend(s.tokens[start:start + count])
                 positions.extend(range(start, start + count))
                 if start + count == len(s.tokens):
                     index.append(len(ids) - 1)
         max_len = max(positions[:n]) + 1 if n else 0
-        ragged = bool(n) and min(positions[:n]) + 1 != max_len
+        ragged = n > 1 and min(positions[:n]) + 1 != max_len
+        first_slot = decodes[0].blocks[0] * bs if n == 1 and decodes[0].consecutive else -1
         data = ids + positions + slots + rows + index
-        step = StepPlan(len(ids), n, tuple(plan), max_len, ragged, len(data))
+        step = StepPlan(len(ids), n, tuple(plan), max_len, ragged, first_slot, len(data))
         # One host->device copy for all of this step's integers.
         return self.run(step, torch.tensor(data, dtype=torch.int64, device=self.device))
 
@@ -92,14 +93,14 @@ class ModelRunner:
         if self.workers is not None:
             self.workers.send_step(step, self.cache.take_edits(), data)
         N, n = step.num_tokens, step.num_decodes
-        ids_t, pos_t = data[:N], data[N:2 * N]
-        slots_t, rows_t, index_t = data[2 * N:2 * N + n], data[2 * N + n:2 * N + 2 * n], data[2 * N + 2 * n:]
+        ids_t, pos_t, slots_t, rows_t, index_t = data.split((N, N, n, n, step.data_len - 2 * N - 2 * n))
         if step.chunks:
             slots_t = torch.cat([slots_t] + [self.cache.slot_table[row, start:start + count]
-                                             for _, count, row, start in step.chunks])
+                                             for _, count, row, start, _ in step.chunks])
         self.attn.plan_step(slots_t, list(step.chunks))
         if n:
-            self.attn.plan_decode(rows_t, pos_t[:n] + 1 if step.ragged else None, step.decode_len)
+            self.attn.plan_decode(rows_t, pos_t[:n] + 1 if step.ragged else None, step.decode_len,
+                                  step.decode_first_slot)
         index = index_t if step.chunks else None
         if self.workers is None:
             return self.run_model(ids_t, pos_t, index)
