@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class StepPlan:
     """The shape of one packed step: what every rank needs besides the step's integers
-    (ids, positions, decode slots, decode rows, sampled positions: `ModelRunner.forward`)."""
+    (ids, positions, decode slots, decode rows, sampled positions, then the decodes' context lengths
+    when they differ: `ModelRunner.forward`)."""
 
     num_tokens: int  # N, decodes first
     num_decodes: int  # n
@@ -40,6 +41,7 @@ class StepPlan:
     decode_len: int  # longest decode context after this step (0: no decodes)
     ragged: bool  # decode contexts differ in length, so attention needs a mask
     decode_first_slot: int  # a lone decode whose blocks are consecutive: its first slot (read in place); else -1
+    num_sampled: int  # positions given to logits_index (0: every token samples, the step is all decodes)
     data_len: int  # integers in the step's data tensor
 
 
@@ -83,7 +85,9 @@ class ModelRunner:
         ragged = n > 1 and min(positions[:n]) + 1 != max_len
         first_slot = decodes[0].blocks[0] * bs if n == 1 and decodes[0].consecutive else -1
         data = ids + positions + slots + rows + index
-        step = StepPlan(len(ids), n, tuple(plan), max_len, ragged, first_slot, len(data))
+        if ragged:
+            data += [p + 1 for p in positions[:n]]  # context lengths, for the mask
+        step = StepPlan(len(ids), n, tuple(plan), max_len, ragged, first_slot, len(index), len(data))
         # One host->device copy for all of this step's integers.
         return self.run(step, torch.tensor(data, dtype=torch.int64, device=self.device))
 
@@ -93,14 +97,14 @@ class ModelRunner:
         if self.workers is not None:
             self.workers.send_step(step, self.cache.take_edits(), data)
         N, n = step.num_tokens, step.num_decodes
-        ids_t, pos_t, slots_t, rows_t, index_t = data.split((N, N, n, n, step.data_len - 2 * N - 2 * n))
+        ids_t, pos_t, slots_t, rows_t, index_t, lens_t = data.split_with_sizes(
+            (N, N, n, n, step.num_sampled, n if step.ragged else 0))
         if step.chunks:
             slots_t = torch.cat([slots_t] + [self.cache.slot_table[row, start:start + count]
                                              for _, count, row, start, _ in step.chunks])
-        self.attn.plan_step(slots_t, list(step.chunks))
+        self.attn.plan_step(slots_t, step.chunks)
         if n:
-            self.attn.plan_decode(rows_t, pos_t[:n] + 1 if step.ragged else None, step.decode_len,
-                                  step.decode_first_slot)
+            self.attn.plan_decode(rows_t, lens_t if step.ragged else None, step.decode_len, step.decode_first_slot)
         index = index_t if step.chunks else None
         if self.workers is None:
             return self.run_model(ids_t, pos_t, index)

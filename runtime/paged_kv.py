@@ -283,6 +283,7 @@ class PagedAttention:
         self.positions = torch.arange(cache.slot_table.shape[1], device=device)
         self.reuse_buffer = device.type == "cpu"  # CUDA's caching allocator already reuses (and graphs keep addresses)
         self.buffer = torch.empty((0, 2, self.Hkv, self.D), dtype=cache.raw, device=device)
+        self.hidden, self.visible = (torch.tensor(v, dtype=cache.dtype, device=device) for v in (float("-inf"), 0.0))
         self.slots: torch.Tensor | None = None
         self.n_decode = 0
         self.decode_len = 0
@@ -300,7 +301,9 @@ class PagedAttention:
         self.decode_slots = None
         if first_slot < 0:
             self.decode_slots = self.cache.slot_table[:, :max_len].index_select(0, rows).view(-1)
-        self.decode_mask = None if lens is None else self._mask(self.positions[:max_len] >= lens[:, None])[:, None, None]
+        self.decode_mask = None
+        if lens is not None:
+            self.decode_mask = self._mask(torch.ge(self.positions[:max_len], lens.view(-1, 1))).view(-1, 1, 1, max_len)
 
     def plan_step(self, slots: torch.Tensor, chunks: list[tuple[int, int, int, int, int]]) -> None:
         """slots (N,): where each token's K/V goes. chunks: (first token, count, row, start position,
@@ -317,8 +320,9 @@ class PagedAttention:
             self.chunks.append((first, count, slots_of, first_slot, end, mask))
 
     def _mask(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Additive attention mask: -inf where `hidden`, else 0, in the compute dtype."""
-        return torch.zeros(hidden.shape, dtype=self.cache.dtype, device=hidden.device).masked_fill_(hidden, float("-inf"))
+        """Additive attention mask: -inf where `hidden`, else 0, in the compute dtype (SDPA turns a
+        boolean mask into this itself, on every call)."""
+        return torch.where(hidden, self.hidden, self.visible)
 
     def _read(self, layer: int, slots: torch.Tensor | None, first_slot: int, length: int) -> torch.Tensor:
         cache = self.cache
