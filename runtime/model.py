@@ -160,7 +160,8 @@ class QwenMLP(nn.Module):
         """`gate_up` while fc.weight and gate.weight are still its halves (a move or re-layout of either
         makes them tensors of their own again)."""
         w = self.gate_up
-        if w is None or self.fc.weight.data_ptr() != w.data_ptr() or self.gate.weight.data_ptr() != w[w.shape[0] // 2:].data_ptr():
+        if w is None or self.fc.weight.data_ptr() != w.data_ptr() \
+                or self.gate.weight.data_ptr() != w[w.shape[0] // 2:].data_ptr():
             return None
         return w
 
@@ -260,13 +261,14 @@ def _observed(fn: Callable, names: tuple[str, ...], observer: LinearObserver) ->
 def decoder_layer(cfg: ModelConfig, w: LayerWeights, layer: int, x: torch.Tensor, cos: torch.Tensor,
                   sin: torch.Tensor, tokens: torch.Size, attn: Attention, eps: torch.Tensor, width: torch.Tensor,
                   tp: TensorParallel = SINGLE) -> torch.Tensor:
-    """One decoder layer on x (N, H), cos/sin (N, 1, D) -> (N, H), N tokens whose shape for attention is
-    `tokens` ((B, T) or (N,)). `cfg` is the rank's shard
-    config (its heads, its MLP width); the row-parallel outputs are summed over `tp`.
+    """One decoder layer on x (N, H), cos/sin (N, 1, D) -> (N, H): N tokens, whose shape for attention
+    is `tokens` ((B, T) or (N,)). `cfg` is the rank's shard config (its heads, its MLP width); the
+    row-parallel outputs are summed over `tp`.
 
-    The residual adds stay separate ops: torch.addmm(x, h, W^T) saves ~1 us per call on the dev CPU
-    but rounds differently from the sum of the ranks' partial products (up to 1.6e-5 on the logits
-    of a 768-wide model), beyond what one process and its tensor-parallel run agree to (1e-5)."""
+    The residual adds stay separate ops: folding one into its matmul (torch.addmm(x, h, W^T)) saves
+    ~1 us per call on the dev CPU but rounds differently from adding the ranks' summed products (up
+    to 1.6e-5 on the logits of a 768-wide model), beyond the 1e-5 to which one process and its
+    tensor-parallel run agree (tests/test_torch_tp.py)."""
     Hq, Hkv, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
     qkv = w.qkv(rms_norm(x, w.input_norm, eps, width))  # (N, q + 2 kv)
     qk = qkv[:, :cfg.q_size + cfg.kv_size].view(-1, Hq + Hkv, D)

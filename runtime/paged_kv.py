@@ -14,10 +14,32 @@ Why it is laid out this way:
 - Slot table: a (max_seqs, max_seq_len rounded up to whole blocks) int64 tensor, one row per running sequence, holding the
   slot of every position. It is updated when a block is appended (once per block_size tokens), so
   a decode step finds every sequence's KV with one `index_select` and no per-step Python loop.
-- Attention gathers a sequence's slots into a contiguous (S, 2, Hkv, D) before SDPA. That copies
-  the live KV once per layer per step: negligible for CPU-sized models; on GPU at long context it adds
-  a read and a write of the context to attention's own read (plain PyTorch has no kernel that reads
-  the pools through a block table).
+- Reading K/V (`PagedAttention`): a decode step gathers its sequences' slots with one
+  `index_select` into a contiguous (n, S, 2, Hkv, D) (on the CPU into one reused buffer) and runs one
+  SDPA whose "query length" is the G query heads of a KV head. A lone decode, or a prefill chunk,
+  whose blocks are consecutive in the pool (the usual case for one sequence: the free list hands
+  blocks out in order) reads a view of the pool instead. One layer of one decode step on the dev CPU
+  (2-core AMD EPYC VM, AVX2, torch 2.13, float32, 1 thread; profiles/attention_cpu.py, the minimum
+  over rounds, each started while the shared machine was otherwise idle), in us:
+
+      model (Hkv, G, D)           batch  context  in place  gather into  gather into  head-major gather
+                                                            the buffer   a new tensor   + baddbmm/bmm
+      tiny (2, 2, 16)               1       160        27         29           26             25
+      tiny                          8       160         -         79           73             77
+      tiny                          1     2,048        75         99           92            111
+      tiny                          8     2,048         -        645          656            882
+      fathom-r1-14b (8, 5, 128)     1     2,048     3,757      4,969        5,312          7,029
+      fathom-r1-14b                 8     2,048         -     41,467      127,594        141,667
+      fathom-r1-14b                 1    16,384    31,403     45,205      135,243        132,709
+
+  Small contexts are dominated by per-call overhead, so the ways tie there; from 2K on, reading in
+  place saves a quarter to a third. The gather's cost at 16K with Fathom-R1's shape (134 MB of K/V
+  per layer): +14 ms per layer over reading in place (+44%), and a new tensor per layer triples it
+  again (a fresh allocation that large is mmap'ed and page-faulted on every call). A single SDPA
+  over the whole batch with a block-diagonal mask, the other batched layout tried, was slower
+  still at batch 8 (compute grows with the batch squared). On CUDA a gather adds a read and a
+  write of the context to attention's own read (plain PyTorch has no kernel that reads the pools
+  through a block table).
 - Storage format (fathom.build.precision.KvCacheFormat): the model dtype, or fp8 / int8 with one
   scale per layer shared by K and V (TRT-LLM's `kv_cache_scaling_factor`), quantized and
   dequantized by fathom.build.quant.kv_cache.KVCacheQuant (stored = value / scale, read back as
@@ -271,8 +293,9 @@ class PagedAttention:
     Each prefill chunk after them attends to its sequence's cached prefix plus itself (causal; with
     no prefix, the causal attention of a pass without a cache), in place too when its blocks are
     consecutive. `plan_step` and `plan_decode` run once per step; every layer reuses the plan. On the
-    CPU gathers land in one buffer reused by every layer and step (a fresh multi-MB tensor per layer
-    costs its page faults each time). The backend of `Qwen2Model.forward_packed`.
+    CPU gathers land in one buffer reused by every layer and step, as large as one layer's largest
+    gather so far (a fresh multi-MB tensor per layer costs its page faults each time). The backend of
+    `Qwen2Model.forward_packed`.
     """
 
     def __init__(self, cache: PagedKVCache):
@@ -283,7 +306,7 @@ class PagedAttention:
         self.positions = torch.arange(cache.slot_table.shape[1], device=device)
         self.reuse_buffer = device.type == "cpu"  # CUDA's caching allocator already reuses (and graphs keep addresses)
         self.buffer = torch.empty((0, 2, self.Hkv, self.D), dtype=cache.raw, device=device)
-        self.hidden, self.visible = (torch.tensor(v, dtype=cache.dtype, device=device) for v in (float("-inf"), 0.0))
+        self.neg_inf, self.zero = (torch.tensor(v, dtype=cache.dtype, device=device) for v in (float("-inf"), 0.0))
         self.slots: torch.Tensor | None = None
         self.n_decode = 0
         self.decode_len = 0
@@ -322,9 +345,11 @@ class PagedAttention:
     def _mask(self, hidden: torch.Tensor) -> torch.Tensor:
         """Additive attention mask: -inf where `hidden`, else 0, in the compute dtype (SDPA turns a
         boolean mask into this itself, on every call)."""
-        return torch.where(hidden, self.hidden, self.visible)
+        return torch.where(hidden, self.neg_inf, self.zero)
 
     def _read(self, layer: int, slots: torch.Tensor | None, first_slot: int, length: int) -> torch.Tensor:
+        """`length` slots' K/V: a view from `first_slot` when `slots` is None, else gathered (on the CPU
+        into the buffer, grown to the next power of two when a step needs more)."""
         cache = self.cache
         if slots is None:
             return cache.read_range(layer, first_slot, length)

@@ -378,7 +378,8 @@ def test_gate_up_fusion_keeps_the_state_dict_and_one_copy_of_the_weights():
     mlps[0].gate.weight.data = mlps[0].gate.weight.data.clone()
     assert mlps[0].fused_weight() is None
     assert reference_alone(model, prompts, params) == unfused
-    assert tokens(collect(torch_executor(model), [Request(str(i), p, params) for i, p in enumerate(prompts)])) == unfused
+    requests = [Request(str(i), p, params) for i, p in enumerate(prompts)]
+    assert tokens(collect(torch_executor(model), requests)) == unfused
     assert mlps[0].fused_weight().stride() == (1, 2 * I)
 
 
