@@ -10,12 +10,12 @@ calibration) and the paged continuous-batching executor.
 One decoder-layer computation (`decoder_layer`) serves both entry points: `forward` (B rows of T
 tokens) and `forward_packed` (one packed row of N tokens from many sequences, the executor's hot
 path); both run it on 2-D (tokens, features) activations, so they agree bit for bit. It reads
-`ModelWeights`, looked up once: norm weights, and each linear as a plain callable, torch.mm/addmm
-bound to an `nn.Linear`'s tensors (a module call costs ~2 us on a CPU, F.linear's argument handling
-~1 us, and a small model makes dozens per token) or a quantized module's forward
-(fathom.runtime.quant_linear). The MLP's fc and gate take one matmul once `fuse_gate_up` made their
-weights halves of one tensor (the executor does, on every rank). Inference only: RoPE is applied in
-place, so run it under torch.inference_mode() or torch.no_grad().
+`ModelWeights` (fathom.runtime.model_weights), looked up once: norm weights, and each linear as a
+plain callable, torch.mm/addmm bound to an `nn.Linear`'s tensors (a module call costs ~2 us on a CPU,
+F.linear's argument handling ~1 us, and a small model makes dozens per token) or a quantized
+module's forward (fathom.runtime.quant_linear). The MLP's fc and gate take one matmul once
+`fuse_gate_up` made their weights halves of one tensor (the executor does, on every rank).
+Inference only: RoPE is applied in place, so run it under torch.inference_mode() or torch.no_grad().
 
 Tensor parallelism is explicit state too (`tp`, fathom.runtime.tensor_parallel): a rank's model
 holds its shard of every layer (`shard_cfg`: its heads and MLP width), `decoder_layer` all-reduces
@@ -29,7 +29,7 @@ their own (`from_tensors(modules=...)`), the checkpoint's KV cache format and sc
 from __future__ import annotations
 
 from functools import partial
-from typing import TYPE_CHECKING, Callable, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -37,15 +37,11 @@ from torch import nn
 
 from fathom.build.config import DEFAULT_MAX_SEQ_LEN, ModelConfig
 
+from .model_weights import LayerWeights, LinearObserver, ModelWeights, as_linear, gated_linears, observed
 from .tensor_parallel import SINGLE, TensorParallel
 
 if TYPE_CHECKING:
     from fathom.build.quant.kv_cache import KVAmax, KVCacheQuant
-
-Linear = Callable[[torch.Tensor], torch.Tensor]
-GatedLinears = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # h -> (mlp.fc(h), mlp.gate(h))
-LinearObserver = Callable[[str, torch.Tensor], None]  # (module name, its input)
-
 
 class Attention(Protocol):
     def attend(self, layer: int, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
@@ -95,7 +91,9 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: torch.Tensor, width: to
     """HF Qwen2RMSNorm's op order: normalize in float32, scale in the model dtype. `eps` and `width`
     (the size of the last dimension) are 0-d float32 tensors: mean(x^2) + eps is computed as
     eps + sum(x^2) / width in one addcdiv, bit for bit (`mean` divides its sum by the width too, at
-    twice the cost of a sum on a CPU)."""
+    twice the cost of a sum on a CPU). torch 2.13 has no fused kernel to use instead on the CPU:
+    F.rms_norm and aten::_fused_rms_norm run these same ops (measured no faster), and there is no
+    fused residual add + RMSNorm."""
     if x.dtype == torch.float32:
         return x * torch.rsqrt(torch.addcdiv(eps, (x * x).sum(-1, keepdim=True), width)) * weight  # x * x == x.pow(2)
     h = x.float()
@@ -112,7 +110,10 @@ class RotaryEmbedding(nn.Module):
     """GPT-NeoX style RoPE (rotate_half) with base rope_theta; cos/sin cached per position.
 
     rotate_half(x) * sin is computed as roll(x, D/2) * sin_signed with sin_signed = (-sin1, sin2):
-    the same products (x2 * -s == -x2 * s exactly), one op instead of chunk + neg + cat.
+    the same products (x2 * -s == -x2 * s exactly), one op instead of chunk + neg + cat. Fewer ops
+    measured no faster on the CPU: one product with a per-position 2x2 rotation then a sum over it
+    (the same bits; its strided reduction costs more), or addcmul for the last product and add (fused
+    multiply-add: other bits).
     """
 
     def __init__(self, head_dim: int, theta: float, max_positions: int):
@@ -188,76 +189,6 @@ class Transformer(nn.Module):
         self.ln_f = RMSNorm(cfg.hidden_size)
 
 
-class LayerWeights(NamedTuple):
-    input_norm: torch.Tensor
-    qkv: Linear
-    dense: Linear
-    post_norm: torch.Tensor
-    fc_gate: GatedLinears
-    proj: Linear
-
-
-class ModelWeights(NamedTuple):
-    layers: tuple[LayerWeights, ...]
-    embedding: torch.Tensor
-    final_norm: torch.Tensor
-    lm_head: Linear
-    eps: torch.Tensor  # rms_norm_eps, 0-d float32 on the model's device
-    width: torch.Tensor  # hidden_size, 0-d float32 on the model's device (`rms_norm`)
-
-
-def _plain(module: nn.Module) -> bool:
-    return type(module) is nn.Linear
-
-
-def as_linear(module: nn.Module) -> Linear:
-    """`module` as a plain callable on 2-D inputs (N, in): an nn.Linear's tensors bound to torch.mm, or
-    torch.addmm with its bias (what F.linear runs on 2-D inputs, bit for bit, without its ~1 us of
-    argument handling per call); any other module's forward."""
-    if _plain(module):
-        wt = module.weight.t()
-        return partial(torch.mm, mat2=wt) if module.bias is None else partial(torch.addmm, module.bias, mat2=wt)
-    return module.forward
-
-
-def gated_linears(mlp: QwenMLP) -> GatedLinears:
-    """h -> (fc(h), gate(h)): one matmul and two views of its output when the MLP is fused."""
-    w = mlp.fused_weight()
-    if w is not None:
-        wt = w.t()
-        return lambda h: torch.mm(h, wt).chunk(2, -1)
-    fc, gate = as_linear(mlp.fc), as_linear(mlp.gate)
-    return lambda h: (fc(h), gate(h))
-
-
-def fuse_gate_up(model: Qwen2Model) -> None:
-    """Make each layer's mlp.fc and mlp.gate weights (bias-free nn.Linear on both) the two halves of
-    one (2I, H) tensor in fc's layout (row- or column-major), so that the MLP input takes one matmul
-    (`gated_linears`). The parameters stay, now views: state_dict names and values are unchanged and
-    no second copy is held. Quantized linears keep their own calls. Idempotent."""
-    for layer in model.transformer.layers:
-        mlp = layer.mlp
-        fc, gate = mlp.fc, mlp.gate
-        if mlp.fused_weight() is not None or not (_plain(fc) and _plain(gate)) or fc.bias is not None \
-                or gate.bias is not None:
-            continue
-        a, b = fc.weight.data, gate.weight.data
-        if a.dim() != 2 or a.shape != b.shape or a.dtype != b.dtype:
-            continue
-        w = torch.cat((a.t(), b.t()), 1).t() if a.stride(0) < a.stride(1) else torch.cat((a, b))
-        fc.weight.data, gate.weight.data = w[:a.shape[0]], w[a.shape[0]:]
-        mlp.gate_up = w
-
-
-def _observed(fn: Callable, names: tuple[str, ...], observer: LinearObserver) -> Callable:
-    """`fn` whose last argument (the linear input) is first handed to `observer` under each of `names`."""
-    def call(*args: torch.Tensor):
-        for name in names:
-            observer(name, args[-1])
-        return fn(*args)
-    return call
-
-
 def decoder_layer(cfg: ModelConfig, w: LayerWeights, layer: int, x: torch.Tensor, cos: torch.Tensor,
                   sin: torch.Tensor, tokens: torch.Size, attn: Attention, eps: torch.Tensor, width: torch.Tensor,
                   tp: TensorParallel = SINGLE) -> torch.Tensor:
@@ -303,21 +234,18 @@ class Qwen2Model(nn.Module):
         """The tensors and linears a forward reads, looked up once (nn.Module attribute access is
         slow; pass them as `weights` to skip even this). With `observer`, each linear first hands it
         its module name and input (`mlp.fc` and `mlp.gate` the same input, fused or not)."""
-        def observed(fn: Callable, *names: str) -> Callable:
-            return fn if observer is None else _observed(fn, names, observer)
-
         t = self.transformer
         layers = []
         for i, l in enumerate(t.layers):
             p = f"transformer.layers.{i}"
             layers.append(LayerWeights(
-                l.input_layernorm.weight, observed(as_linear(l.attention.qkv), f"{p}.attention.qkv"),
-                observed(as_linear(l.attention.dense), f"{p}.attention.dense"), l.post_layernorm.weight,
-                observed(gated_linears(l.mlp), f"{p}.mlp.fc", f"{p}.mlp.gate"),
-                observed(as_linear(l.mlp.proj), f"{p}.mlp.proj")))
+                l.input_layernorm.weight, observed(as_linear(l.attention.qkv), observer, f"{p}.attention.qkv"),
+                observed(as_linear(l.attention.dense), observer, f"{p}.attention.dense"), l.post_layernorm.weight,
+                observed(gated_linears(l.mlp), observer, f"{p}.mlp.fc", f"{p}.mlp.gate"),
+                observed(as_linear(l.mlp.proj), observer, f"{p}.mlp.proj")))
         scalar = partial(torch.tensor, dtype=torch.float32, device=self.device)
         return ModelWeights(tuple(layers), t.vocab_embedding.weight, t.ln_f.weight,
-                            observed(as_linear(self.lm_head), "lm_head"), scalar(self.cfg.rms_norm_eps),
+                            observed(as_linear(self.lm_head), observer, "lm_head"), scalar(self.cfg.rms_norm_eps),
                             scalar(float(self.cfg.hidden_size)))
 
     def _hidden(self, input_ids: torch.Tensor, positions: torch.Tensor, attn: Attention,

@@ -358,7 +358,7 @@ def test_gate_up_fusion_keeps_the_state_dict_and_one_copy_of_the_weights():
     """The executor fuses each MLP's fc and gate into one (2I, H) tensor after the CPU's column-major
     re-layout: fc.weight and gate.weight become its halves, the state_dict reads as before, and a
     layer whose halves were replaced runs its two matmuls again, with the same tokens."""
-    from fathom.runtime.model import fuse_gate_up
+    from fathom.runtime.model_weights import fuse_gate_up
 
     model = load_model(resolve_model("random:tiny"), "float32", "cpu", max_seq_len=256)
     want = {k: v.clone() for k, v in model.state_dict().items()}
