@@ -197,9 +197,9 @@ def decoder_layer(cfg: ModelConfig, w: LayerWeights, layer: int, x: torch.Tensor
     row-parallel outputs are summed over `tp`.
 
     The residual adds stay separate ops: folding one into its matmul (torch.addmm(x, h, W^T)) saves
-    ~1 us per call on the dev CPU but rounds differently from adding the ranks' summed products (up
-    to 1.6e-5 on the logits of a 768-wide model), beyond the 1e-5 to which one process and its
-    tensor-parallel run agree (tests/test_torch_tp.py)."""
+    ~1 us per call on the dev CPU but rounds differently from adding the ranks' summed products:
+    one process then differs from its 2-rank run by 1.2e-5 on the logits of tests/test_torch_tp.py's
+    768-wide model (6e-6 with the adds apart), over the 1e-5 that test allows."""
     Hq, Hkv, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
     qkv = w.qkv(rms_norm(x, w.input_norm, eps, width))  # (N, q + 2 kv)
     qk = qkv[:, :cfg.q_size + cfg.kv_size].view(-1, Hq + Hkv, D)
