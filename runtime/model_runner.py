@@ -11,6 +11,7 @@ other ranks, and every rank runs the same `run` on its shard.
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -89,8 +90,9 @@ class ModelRunner:
         if ragged:
             data += [p + 1 for p in positions[:n]]  # context lengths, for the mask
         step = StepPlan(len(ids), n, tuple(plan), max_len, ragged, first_slot, len(index), len(data))
-        # One host->device copy for all of this step's integers.
-        return self.run(step, torch.tensor(data, dtype=torch.int64, device=self.device))
+        # One host->device copy for all of this step's integers (an int64 array wrapped without
+        # parsing: torch.tensor of a list costs ~3x more).
+        return self.run(step, torch.frombuffer(array("q", data), dtype=torch.int64).to(self.device))
 
     def run(self, step: StepPlan, data: torch.Tensor) -> torch.Tensor | None:
         """Plan attention and run the model on one step (every rank of a tensor-parallel group runs
