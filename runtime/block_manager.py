@@ -75,7 +75,7 @@ class BlockManager:
             self.allocator.release(block)
         self.cache.clear_row(s.row, len(s.blocks))
         self.free_rows.append(s.row)
-        s.blocks, s.row = [], -1
+        s.blocks, s.row, s.consecutive = [], -1, True
 
     def register_full_blocks(self, s: Sequence) -> None:
         """Offer every full block of computed tokens not yet registered for prefix reuse."""
@@ -88,4 +88,6 @@ class BlockManager:
 
     def _append(self, s: Sequence, block: int) -> None:
         self.cache.set_block(s.row, len(s.blocks), block)
+        if s.blocks and block != s.blocks[-1] + 1:
+            s.consecutive = False
         s.blocks.append(block)

@@ -9,10 +9,13 @@ calibration) and the paged continuous-batching executor.
 
 One decoder-layer computation (`decoder_layer`) serves both entry points: `forward` (B rows of T
 tokens) and `forward_packed` (one packed row of N tokens from many sequences, the executor's hot
-path). It reads `ModelWeights`, looked up once: norm weights, and each linear as a plain callable,
-`F.linear` bound to an `nn.Linear`'s tensors (a module call costs ~2 us on a CPU, and a small model
-makes dozens per token) or a quantized module's forward (fathom.runtime.quant_linear). Inference
-only: RoPE is applied in place, so run it under torch.inference_mode() or torch.no_grad().
+path); both run it on 2-D (tokens, features) activations, so they agree bit for bit. It reads
+`ModelWeights` (fathom.runtime.model_weights), looked up once: norm weights, and each linear as a
+plain callable, torch.mm/addmm bound to an `nn.Linear`'s tensors (a module call costs ~2 us on a CPU,
+F.linear's argument handling ~1 us, and a small model makes dozens per token) or a quantized
+module's forward (fathom.runtime.quant_linear). The MLP's fc and gate take one matmul once
+`fuse_gate_up` made their weights halves of one tensor (the executor does, on every rank).
+Inference only: RoPE is applied in place, so run it under torch.inference_mode() or torch.no_grad().
 
 Tensor parallelism is explicit state too (`tp`, fathom.runtime.tensor_parallel): a rank's model
 holds its shard of every layer (`shard_cfg`: its heads and MLP width), `decoder_layer` all-reduces
@@ -26,7 +29,7 @@ their own (`from_tensors(modules=...)`), the checkpoint's KV cache format and sc
 from __future__ import annotations
 
 from functools import partial
-from typing import TYPE_CHECKING, Callable, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -34,14 +37,11 @@ from torch import nn
 
 from fathom.build.config import DEFAULT_MAX_SEQ_LEN, ModelConfig
 
+from .model_weights import LayerWeights, LinearObserver, ModelWeights, as_linear, gated_linears, observed
 from .tensor_parallel import SINGLE, TensorParallel
 
 if TYPE_CHECKING:
     from fathom.build.quant.kv_cache import KVAmax, KVCacheQuant
-
-Linear = Callable[[torch.Tensor], torch.Tensor]
-LinearObserver = Callable[[str, torch.Tensor], None]  # (module name, its input)
-
 
 class Attention(Protocol):
     def attend(self, layer: int, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
@@ -87,13 +87,17 @@ class CausalAttention:
         return causal_attention(q, kv)
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
-    """HF Qwen2RMSNorm's op order: normalize in float32, scale in the model dtype. `eps` may be a
-    0-d float32 tensor (adding a Python float wraps it in a tensor every call)."""
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: torch.Tensor, width: torch.Tensor) -> torch.Tensor:
+    """HF Qwen2RMSNorm's op order: normalize in float32, scale in the model dtype. `eps` and `width`
+    (the size of the last dimension) are 0-d float32 tensors: mean(x^2) + eps is computed as
+    eps + sum(x^2) / width in one addcdiv, bit for bit (`mean` divides its sum by the width too, at
+    twice the cost of a sum on a CPU). torch 2.13 has no fused kernel to use instead on the CPU:
+    F.rms_norm and aten::_fused_rms_norm run these same ops (measured no faster), and there is no
+    fused residual add + RMSNorm."""
     if x.dtype == torch.float32:
-        return x * torch.rsqrt((x * x).mean(-1, keepdim=True) + eps) * weight  # x * x == x.pow(2), bit for bit
+        return x * torch.rsqrt(torch.addcdiv(eps, (x * x).sum(-1, keepdim=True), width)) * weight  # x * x == x.pow(2)
     h = x.float()
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    h = h * torch.rsqrt(torch.addcdiv(eps, (h * h).sum(-1, keepdim=True), width))
     return weight * h.to(x.dtype)
 
 
@@ -109,7 +113,10 @@ class RotaryEmbedding(nn.Module):
     """GPT-NeoX style RoPE (rotate_half) with base rope_theta; cos/sin cached per position.
 
     rotate_half(x) * sin is computed as roll(x, D/2) * sin_signed with sin_signed = (-sin1, sin2):
-    the same products (x2 * -s == -x2 * s exactly), one op instead of chunk + neg + cat.
+    the same products (x2 * -s == -x2 * s exactly), one op instead of chunk + neg + cat. Fewer ops
+    measured no faster on the CPU: one product with a per-position 2x2 rotation then a sum over it
+    (the same bits; its strided reduction costs more), or addcmul for the last product and add (fused
+    multiply-add: other bits).
     """
 
     def __init__(self, head_dim: int, theta: float, max_positions: int):
@@ -151,6 +158,16 @@ class QwenMLP(nn.Module):
         self.fc = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.gate = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.gate_up: torch.Tensor | None = None  # (2I, H) whose halves fc and gate are views of (`fuse_gate_up`)
+
+    def fused_weight(self) -> torch.Tensor | None:
+        """`gate_up` while fc.weight and gate.weight are still its halves (a move or re-layout of either
+        makes them tensors of their own again)."""
+        w = self.gate_up
+        if w is None or self.fc.weight.data_ptr() != w.data_ptr() \
+                or self.gate.weight.data_ptr() != w[w.shape[0] // 2:].data_ptr():
+            return None
+        return w
 
 
 class DecoderLayer(nn.Module):
@@ -175,52 +192,26 @@ class Transformer(nn.Module):
         self.ln_f = RMSNorm(cfg.hidden_size)
 
 
-class LayerWeights(NamedTuple):
-    input_norm: torch.Tensor
-    qkv: Linear
-    dense: Linear
-    post_norm: torch.Tensor
-    fc: Linear
-    gate: Linear
-    proj: Linear
-
-
-class ModelWeights(NamedTuple):
-    layers: tuple[LayerWeights, ...]
-    embedding: torch.Tensor
-    final_norm: torch.Tensor
-    lm_head: Linear
-    eps: torch.Tensor  # rms_norm_eps, 0-d float32 on the model's device
-
-
-def as_linear(module: nn.Module) -> Linear:
-    """`module` as a plain callable: an nn.Linear's tensors bound to F.linear, else its forward."""
-    if type(module) is nn.Linear:
-        return partial(F.linear, weight=module.weight, bias=module.bias)
-    return module.forward
-
-
-def _observed(linear: Linear, name: str, observer: LinearObserver) -> Linear:
-    def call(x: torch.Tensor) -> torch.Tensor:
-        observer(name, x)
-        return linear(x)
-    return call
-
-
 def decoder_layer(cfg: ModelConfig, w: LayerWeights, layer: int, x: torch.Tensor, cos: torch.Tensor,
-                  sin: torch.Tensor, attn: Attention, eps: torch.Tensor, tp: TensorParallel = SINGLE) -> torch.Tensor:
-    """One decoder layer on x (*tokens, H), cos/sin (*tokens, 1, D) -> (*tokens, H). `cfg` is the
-    rank's shard config (its heads, its MLP width); the row-parallel outputs are summed over `tp`."""
-    tokens = x.shape[:-1]
+                  sin: torch.Tensor, tokens: torch.Size, attn: Attention, eps: torch.Tensor, width: torch.Tensor,
+                  tp: TensorParallel = SINGLE) -> torch.Tensor:
+    """One decoder layer on x (N, H), cos/sin (N, 1, D) -> (N, H): N tokens, whose shape for attention
+    is `tokens` ((B, T) or (N,)). `cfg` is the rank's shard config (its heads, its MLP width); the
+    row-parallel outputs are summed over `tp`.
+
+    The residual adds stay separate ops: folding one into its matmul (torch.addmm(x, h, W^T)) saves
+    ~1 us per call on the dev CPU but rounds differently from adding the ranks' summed products:
+    one process then differs from its 2-rank run by 1.2e-5 on the logits of tests/test_torch_tp.py's
+    768-wide model (6e-6 with the adds apart), over the 1e-5 that test allows."""
     Hq, Hkv, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-    qkv = w.qkv(rms_norm(x, w.input_norm, eps))  # (*tokens, q + 2 kv)
-    qk = qkv[..., :cfg.q_size + cfg.kv_size].view(*tokens, Hq + Hkv, D)
+    qkv = w.qkv(rms_norm(x, w.input_norm, eps, width))  # (N, q + 2 kv)
+    qk = qkv[:, :cfg.q_size + cfg.kv_size].view(-1, Hq + Hkv, D)
     apply_rope(qk, cos, sin, in_place=True)  # RoPE on q and k heads together, in place: K lands next to V
-    q = qkv[..., :cfg.q_size].view(*tokens, Hq, D)
-    kv = qkv[..., cfg.q_size:].view(*tokens, 2, Hkv, D)
-    x = x + tp.all_reduce(w.dense(attn.attend(layer, q, kv).flatten(-2)))
-    h = rms_norm(x, w.post_norm, eps)
-    return x + tp.all_reduce(w.proj(F.silu(w.fc(h)) * w.gate(h)))
+    q = qkv[:, :cfg.q_size].view(*tokens, Hq, D)
+    kv = qkv[:, cfg.q_size:].view(*tokens, 2, Hkv, D)
+    x = x + tp.all_reduce(w.dense(attn.attend(layer, q, kv).reshape(x.shape[0], cfg.q_size)))
+    a, b = w.fc_gate(rms_norm(x, w.post_norm, eps, width))
+    return x + tp.all_reduce(w.proj(F.silu(a) * b))
 
 
 class Qwen2Model(nn.Module):
@@ -245,30 +236,29 @@ class Qwen2Model(nn.Module):
     def weights(self, observer: LinearObserver | None = None) -> ModelWeights:
         """The tensors and linears a forward reads, looked up once (nn.Module attribute access is
         slow; pass them as `weights` to skip even this). With `observer`, each linear first hands it
-        its module name and input."""
-        def linear(module: nn.Module, name: str) -> Linear:
-            fn = as_linear(module)
-            return fn if observer is None else _observed(fn, name, observer)
-
+        its module name and input (`mlp.fc` and `mlp.gate` the same input, fused or not)."""
         t = self.transformer
         layers = []
         for i, l in enumerate(t.layers):
             p = f"transformer.layers.{i}"
             layers.append(LayerWeights(
-                l.input_layernorm.weight, linear(l.attention.qkv, f"{p}.attention.qkv"),
-                linear(l.attention.dense, f"{p}.attention.dense"), l.post_layernorm.weight,
-                linear(l.mlp.fc, f"{p}.mlp.fc"), linear(l.mlp.gate, f"{p}.mlp.gate"),
-                linear(l.mlp.proj, f"{p}.mlp.proj")))
-        eps = torch.tensor(self.cfg.rms_norm_eps, dtype=torch.float32, device=self.device)
-        return ModelWeights(tuple(layers), t.vocab_embedding.weight, t.ln_f.weight, linear(self.lm_head, "lm_head"),
-                            eps)
+                l.input_layernorm.weight, observed(as_linear(l.attention.qkv), observer, f"{p}.attention.qkv"),
+                observed(as_linear(l.attention.dense), observer, f"{p}.attention.dense"), l.post_layernorm.weight,
+                observed(gated_linears(l.mlp), observer, f"{p}.mlp.fc", f"{p}.mlp.gate"),
+                observed(as_linear(l.mlp.proj), observer, f"{p}.mlp.proj")))
+        scalar = partial(torch.tensor, dtype=torch.float32, device=self.device)
+        return ModelWeights(tuple(layers), t.vocab_embedding.weight, t.ln_f.weight,
+                            observed(as_linear(self.lm_head), observer, "lm_head"), scalar(self.cfg.rms_norm_eps),
+                            scalar(float(self.cfg.hidden_size)))
 
     def _hidden(self, input_ids: torch.Tensor, positions: torch.Tensor, attn: Attention,
                 w: ModelWeights) -> torch.Tensor:
-        x = F.embedding(input_ids, w.embedding)  # (*tokens, H)
-        cos, sin = self.rope.table(positions, x.dtype)  # (*tokens, 1, D) each
+        """input_ids/positions (*tokens) -> hidden states (N, H), N tokens in order."""
+        tokens = input_ids.shape
+        x = F.embedding(input_ids.reshape(-1), w.embedding)  # (N, H)
+        cos, sin = self.rope.table(positions.reshape(-1), x.dtype)  # (N, 1, D) each
         for i, layer in enumerate(w.layers):
-            x = decoder_layer(self.shard_cfg, layer, i, x, cos, sin, attn, w.eps, self.tp)
+            x = decoder_layer(self.shard_cfg, layer, i, x, cos, sin, tokens, attn, w.eps, w.width, self.tp)
         return x
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn: Attention,
@@ -280,11 +270,12 @@ class Qwen2Model(nn.Module):
         A (B, K) `logits_index` selects K positions per row, returning (B, K, V).
         """
         w = self.weights() if weights is None else weights
-        x = self._hidden(input_ids, positions, attn, w)  # (B, T, H)
+        x = self._hidden(input_ids, positions, attn, w).view(*input_ids.shape, -1)  # (B, T, H)
         if logits_index is not None:
             index = logits_index if logits_index.dim() == 2 else logits_index[:, None]  # (B, K)
             x = x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))  # (B, K, H)
-        return self._logits(x, w)
+        logits = self._logits(x.reshape(-1, x.shape[-1]), w)
+        return None if logits is None else logits.view(*x.shape[:-1], -1)
 
     def forward_packed(self, input_ids: torch.Tensor, positions: torch.Tensor, attn: Attention,
                        logits_index: torch.Tensor | None = None, weights: ModelWeights | None = None) -> torch.Tensor:
@@ -301,9 +292,9 @@ class Qwen2Model(nn.Module):
         return self._logits(x, w)
 
     def _logits(self, x: torch.Tensor, w: ModelWeights) -> torch.Tensor | None:
-        """Float32 logits of hidden states x (*, H); across tensor-parallel ranks, gathered on rank 0
+        """Float32 logits of hidden states x (K, H); across tensor-parallel ranks, gathered on rank 0
         (the other ranks get None)."""
-        logits = self.tp.gather_vocab(w.lm_head(rms_norm(x, w.final_norm, w.eps)), self.cfg.vocab_size)
+        logits = self.tp.gather_vocab(w.lm_head(rms_norm(x, w.final_norm, w.eps, w.width)), self.cfg.vocab_size)
         return None if logits is None else logits.float()
 
     @property

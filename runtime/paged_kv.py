@@ -14,10 +14,32 @@ Why it is laid out this way:
 - Slot table: a (max_seqs, max_seq_len rounded up to whole blocks) int64 tensor, one row per running sequence, holding the
   slot of every position. It is updated when a block is appended (once per block_size tokens), so
   a decode step finds every sequence's KV with one `index_select` and no per-step Python loop.
-- Attention gathers a sequence's slots into a contiguous (S, 2, Hkv, D) before SDPA. That copies
-  the live KV once per layer per step: negligible for CPU-sized models; on GPU at long context it adds
-  a read and a write of the context to attention's own read (plain PyTorch has no kernel that reads
-  the pools through a block table).
+- Reading K/V (`PagedAttention`): a decode step gathers its sequences' slots with one
+  `index_select` into a contiguous (n, S, 2, Hkv, D) (on the CPU into one reused buffer) and runs one
+  SDPA whose "query length" is the G query heads of a KV head. A lone decode, or a prefill chunk,
+  whose blocks are consecutive in the pool (the usual case for one sequence: the free list hands
+  blocks out in order) reads a view of the pool instead. One layer of one decode step on the dev CPU
+  (2-core AMD EPYC VM, AVX2, torch 2.13, float32, 1 thread; profiles/attention_cpu.py, the minimum
+  over rounds, each started while the shared machine was otherwise idle), in us:
+
+      model (Hkv, G, D)           batch  context  in place  gather into  gather into  head-major gather
+                                                            the buffer   a new tensor   + baddbmm/bmm
+      tiny (2, 2, 16)               1       160        27         29           26             25
+      tiny                          8       160         -         79           73             77
+      tiny                          1     2,048        75         99           92            111
+      tiny                          8     2,048         -        645          656            882
+      fathom-r1-14b (8, 5, 128)     1     2,048     3,757      4,969        5,312          7,029
+      fathom-r1-14b                 8     2,048         -     41,467      127,594        141,667
+      fathom-r1-14b                 1    16,384    31,403     45,205      135,243        132,709
+
+  Small contexts are dominated by per-call overhead, so the ways tie there; from 2K on, reading in
+  place saves a quarter to a third. The gather's cost at 16K with Fathom-R1's shape (134 MB of K/V
+  per layer): +14 ms per layer over reading in place (+44%), and a new tensor per layer triples it
+  again (a fresh allocation that large is mmap'ed and page-faulted on every call). A single SDPA
+  over the whole batch with a block-diagonal mask, the other batched layout tried, was slower
+  still at batch 8 (compute grows with the batch squared). On CUDA a gather adds a read and a
+  write of the context to attention's own read (plain PyTorch has no kernel that reads the pools
+  through a block table).
 - Storage format (fathom.build.precision.KvCacheFormat): the model dtype, or fp8 / int8 with one
   scale per layer shared by K and V (TRT-LLM's `kv_cache_scaling_factor`), quantized and
   dequantized by fathom.build.quant.kv_cache.KVCacheQuant (stored = value / scale, read back as
@@ -237,16 +259,25 @@ class PagedKVCache:
             else:
                 self.set_block(row, index, block)
 
-    # ---- storage ---------------------------------------------------------------------
+    # ---- storage ----------------------------------------------------------------------
     def write(self, layer: int, slots: torch.Tensor, kv: torch.Tensor) -> None:
         """slots (N,), kv (N, 2, Hkv, D) in the compute dtype."""
         if self.kv_quant is not None:
             kv = self.kv_quant.quantize(layer, kv).view(self.raw)
         self.layers[layer].index_copy_(0, slots, kv)
 
-    def read(self, layer: int, slots: torch.Tensor) -> torch.Tensor:
-        """slots (M,) -> kv (M, 2, Hkv, D) in the compute dtype."""
-        kv = self.layers[layer].index_select(0, slots)
+    def read(self, layer: int, slots: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """slots (M,) -> kv (M, 2, Hkv, D) in the compute dtype; the gather lands in `out` when given
+        ((M, 2, Hkv, D) of the storage's raw dtype, `raw`)."""
+        kv = torch.index_select(self.layers[layer], 0, slots, out=out)
+        return self._stored(layer, kv)
+
+    def read_range(self, layer: int, start: int, length: int) -> torch.Tensor:
+        """Slots [start, start + length) -> kv (length, 2, Hkv, D) in the compute dtype: a view of the
+        pool when it stores the compute dtype."""
+        return self._stored(layer, self.layers[layer][start:start + length])
+
+    def _stored(self, layer: int, kv: torch.Tensor) -> torch.Tensor:
         if self.kv_quant is not None:
             kv = self.kv_quant.dequantize(layer, kv.view(self.storage), self.dtype)
         return kv
@@ -256,58 +287,92 @@ class PagedAttention:
     """Attention backend for one packed step: N tokens from many sequences in one row.
 
     Tokens [0, n_decode) are one decode token per sequence, attended together: one gather, one
-    SDPA whose "query length" is the G query heads sharing a KV head (no K/V repeat). Each prefill
-    chunk after them attends to its sequence's cached prefix plus itself (causal; with no prefix,
-    the causal attention of a pass without a cache). `plan_step` runs once per step; every layer
-    reuses the plan. The backend of `Qwen2Model.forward_packed`.
+    SDPA whose "query length" is the G query heads sharing a KV head (no K/V repeat), masked with an
+    additive float mask built once per step when the contexts differ in length. A lone decode whose
+    blocks are consecutive in the pool reads its K/V in place instead (a view, no gather, no mask).
+    Each prefill chunk after them attends to its sequence's cached prefix plus itself (causal; with
+    no prefix, the causal attention of a pass without a cache), in place too when its blocks are
+    consecutive. `plan_step` and `plan_decode` run once per step; every layer reuses the plan. On the
+    CPU gathers land in one buffer reused by every layer and step, as large as one layer's largest
+    gather so far (a fresh multi-MB tensor per layer costs its page faults each time). The backend of
+    `Qwen2Model.forward_packed`.
     """
 
     def __init__(self, cache: PagedKVCache):
         self.cache = cache
         cfg = cache.cfg
         self.Hq, self.Hkv, self.D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        self.positions = torch.arange(cache.slot_table.shape[1], device=cache.slot_table.device)
+        device = cache.slot_table.device
+        self.positions = torch.arange(cache.slot_table.shape[1], device=device)
+        self.reuse_buffer = device.type == "cpu"  # CUDA's caching allocator already reuses (and graphs keep addresses)
+        self.buffer = torch.empty((0, 2, self.Hkv, self.D), dtype=cache.raw, device=device)
+        self.neg_inf, self.zero = (torch.tensor(v, dtype=cache.dtype, device=device) for v in (float("-inf"), 0.0))
         self.slots: torch.Tensor | None = None
         self.n_decode = 0
         self.decode_len = 0
-        self.decode_slots: torch.Tensor | None = None  # (n*S,)
-        self.decode_mask: torch.Tensor | None = None  # (n, 1, 1, S) bool, None when every row is full
-        self.chunks: list[tuple[int, int, torch.Tensor, torch.Tensor | None]] = []
+        self.decode_slots: torch.Tensor | None = None  # (n*S,); None: read in place from decode_first_slot
+        self.decode_first_slot = -1
+        self.decode_mask: torch.Tensor | None = None  # (n, 1, 1, S) 0 / -inf, None when every row is full
+        # (first token, count, its slots or None, first slot when read in place, context length, mask or None)
+        self.chunks: list[tuple[int, int, torch.Tensor | None, int, int, torch.Tensor | None]] = []
 
-    def plan_decode(self, rows: torch.Tensor, lens: torch.Tensor | None, max_len: int) -> None:
+    def plan_decode(self, rows: torch.Tensor, lens: torch.Tensor | None, max_len: int, first_slot: int = -1) -> None:
         """Decode rows: slot-table `rows` (n,), context lengths `lens` (n,) after this step (None:
-        all equal to max_len, no mask)."""
-        self.n_decode, self.decode_len = rows.shape[0], max_len
-        self.decode_slots = self.cache.slot_table[:, :max_len].index_select(0, rows).view(-1)
-        self.decode_mask = None if lens is None else (self.positions[:max_len] < lens[:, None])[:, None, None, :]
+        all equal to max_len, no mask). `first_slot` >= 0: one row whose max_len slots are
+        consecutive from there, read in place."""
+        self.n_decode, self.decode_len, self.decode_first_slot = rows.shape[0], max_len, first_slot
+        self.decode_slots = None
+        if first_slot < 0:
+            self.decode_slots = self.cache.slot_table[:, :max_len].index_select(0, rows).view(-1)
+        self.decode_mask = None
+        if lens is not None:
+            self.decode_mask = self._mask(torch.ge(self.positions[:max_len], lens.view(-1, 1))).view(-1, 1, 1, max_len)
 
-    def plan_step(self, slots: torch.Tensor, chunks: list[tuple[int, int, int, int]]) -> None:
-        """slots (N,): where each token's K/V goes. chunks: (first token, count, row, start position)."""
+    def plan_step(self, slots: torch.Tensor, chunks: list[tuple[int, int, int, int, int]]) -> None:
+        """slots (N,): where each token's K/V goes. chunks: (first token, count, row, start position,
+        first slot: the row's slots are consecutive from there and read in place; -1: gathered)."""
         self.slots = slots
         self.n_decode = 0
         self.chunks = []
-        for first, count, row, start in chunks:
+        for first, count, row, start, first_slot in chunks:
             end = start + count
             mask = None
             if start:  # query i sits at position start + i and sees keys 0 .. start + i
-                mask = self.positions[:end][None, :] <= self.positions[start:end][:, None]  # (T, L)
-            self.chunks.append((first, count, self.cache.slot_table[row, :end], mask))
+                mask = self._mask(self.positions[:end][None, :] > self.positions[start:end][:, None])  # (T, L)
+            slots_of = self.cache.slot_table[row, :end] if first_slot < 0 else None
+            self.chunks.append((first, count, slots_of, first_slot, end, mask))
+
+    def _mask(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Additive attention mask: -inf where `hidden`, else 0, in the compute dtype (SDPA turns a
+        boolean mask into this itself, on every call)."""
+        return torch.where(hidden, self.neg_inf, self.zero)
+
+    def _read(self, layer: int, slots: torch.Tensor | None, first_slot: int, length: int) -> torch.Tensor:
+        """`length` slots' K/V: a view from `first_slot` when `slots` is None, else gathered (on the CPU
+        into the buffer, grown to the next power of two when a step needs more)."""
+        cache = self.cache
+        if slots is None:
+            return cache.read_range(layer, first_slot, length)
+        if not self.reuse_buffer:
+            return cache.read(layer, slots)
+        if self.buffer.shape[0] < length:
+            self.buffer = self.buffer.new_empty((1 << (length - 1).bit_length(), *self.buffer.shape[1:]))
+        return cache.read(layer, slots, self.buffer[:length])
 
     def attend(self, layer: int, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
         """q (N, Hq, D), kv (N, 2, Hkv, D) -> (N, Hq, D)."""
-        cache = self.cache
-        cache.write(layer, self.slots, kv)
+        self.cache.write(layer, self.slots, kv)
         outs = []
         n = self.n_decode
         if n:
             S, Hkv, D = self.decode_len, self.Hkv, self.D
-            past = cache.read(layer, self.decode_slots).view(n, S, 2, Hkv, D)
+            past = self._read(layer, self.decode_slots, self.decode_first_slot, n * S).view(n, S, 2, Hkv, D)
             qd = q[:n].view(n, Hkv, self.Hq // Hkv, D)  # (n, Hkv, G, D): head h uses KV head h // G
             out = F.scaled_dot_product_attention(qd, past[:, :, 0].transpose(1, 2), past[:, :, 1].transpose(1, 2),
                                                  attn_mask=self.decode_mask)  # (n, Hkv, G, D)
             outs.append(out.view(n, self.Hq, D))
-        for first, count, chunk_slots, mask in self.chunks:
-            past = cache.read(layer, chunk_slots)  # (L, 2, Hkv, D): the cached prefix, then the chunk
+        for first, count, slots, first_slot, end, mask in self.chunks:
+            past = self._read(layer, slots, first_slot, end)  # (L, 2, Hkv, D): the cached prefix, then the chunk
             qc = q[first:first + count][None]  # (1, T, Hq, D)
             if mask is None:  # the chunk starts its sequence
                 outs.append(causal_attention(qc, past[None])[0])

@@ -27,6 +27,7 @@ class Sequence:
     row: int = -1
     blocks: list[int] = field(default_factory=list)
     keys: list[bytes] = field(default_factory=list)  # prefix keys of its full, registered blocks
+    consecutive: bool = True  # blocks[i] == blocks[0] + i: its K/V can be read in place from the pool
     num_computed: int = 0
     generated: int = 0
 

@@ -91,3 +91,19 @@ def test_prefill_then_decode_equals_full_forward(hf_dirs):
             steps.append(ours(ids[:, t:t + 1], cache.positions(1), cache))
             cache.advance(1)
     assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rms_norm_is_bit_identical_to_transformers(dtype):
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
+
+    from fathom.runtime.model import rms_norm
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(7, 120, generator=gen).to(dtype)
+    hf = Qwen2RMSNorm(120, eps=1e-6).to(dtype)
+    with torch.no_grad():
+        hf.weight.copy_(torch.randn(120, generator=gen))
+        want = hf(x)
+    got = rms_norm(x, hf.weight.detach(), torch.tensor(1e-6), torch.tensor(120.0))
+    assert got.dtype == want.dtype and torch.equal(got, want)

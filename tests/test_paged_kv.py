@@ -90,6 +90,9 @@ def test_stored_kv_reads_back_within_the_storage_precision(kv_format, tol):
     got_k, got_v = cache.read(1, slots).unbind(1)
     assert (got_k - k).abs().max().item() <= tol * k.abs().max().item()
     assert torch.equal(got_v, -got_k)
+    buffer = torch.empty((5, 2, cfg.num_key_value_heads, cfg.head_dim), dtype=cache.raw)
+    assert torch.equal(cache.read(1, slots, out=buffer), torch.stack((got_k, got_v), dim=1))
+    assert torch.equal(cache.read_range(1, 40, 2), torch.stack((got_k, got_v), dim=1)[2:4])
 
 
 def test_paged_attention_matches_dense_attention_for_decodes_and_a_chunk():
@@ -109,7 +112,7 @@ def test_paged_attention_matches_dense_attention_for_decodes_and_a_chunk():
         cache.write(0, past, torch.stack(kv[row], dim=1)[:len(past)])
     attn = PagedAttention(cache)
     new_slots = torch.cat([cache.slot_table[0, 6:7], cache.slot_table[1, 11:12], cache.slot_table[2, 5:8]])
-    attn.plan_step(new_slots, [(2, 3, 2, 5)])
+    attn.plan_step(new_slots, [(2, 3, 2, 5, -1)])
     attn.plan_decode(torch.tensor([0, 1]), torch.tensor([7, 12]), 12)
     q = torch.randn(5, Hq, D, generator=gen)
     new = torch.cat([torch.stack(kv[0], 1)[6:], torch.stack(kv[1], 1)[11:], torch.stack(kv[2], 1)[5:]])
@@ -134,3 +137,26 @@ def test_calibrated_scales_follow_the_quantizer_rule():
     fp8 = calibrate_kv_scales(model, [list(range(1, 30))], "fp8")
     assert len(int8) == model.cfg.num_hidden_layers and all(s > 0 for s in int8)
     assert fp8 == pytest.approx([max(i * 127 / 448, 1.0) for i in int8])
+
+
+def test_paged_attention_reads_consecutive_blocks_in_place_with_the_gathered_result():
+    """A lone decode and a chunk whose blocks follow each other in the pool attend to views of it,
+    exactly as to the gathered slots; CPU gathers reuse one buffer, grown in powers of two."""
+    cfg = preset("tiny-gqa5")
+    Hq, Hkv, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    cache = PagedKVCache(cfg, 4, 12, torch.float32, torch.device("cpu"), 4, 32)
+    gen = torch.Generator().manual_seed(2)
+    for row, blocks in ((0, [3, 4, 5]), (1, [7, 8])):
+        for i, b in enumerate(blocks):
+            cache.set_block(row, i, b)
+        cache.write(0, cache.slot_table[row, :len(blocks) * 4], torch.randn(len(blocks) * 4, 2, Hkv, D, generator=gen))
+    q = torch.randn(4, Hq, D, generator=gen)
+    new = torch.randn(4, 2, Hkv, D, generator=gen)
+    outs = []
+    for decode_first, chunk_first in ((-1, -1), (12, 28)):  # gathered, then in place
+        attn = PagedAttention(cache)
+        attn.plan_step(torch.cat([cache.slot_table[0, 10:11], cache.slot_table[1, 3:6]]), [(1, 3, 1, 3, chunk_first)])
+        attn.plan_decode(torch.tensor([0]), None, 11, decode_first)
+        outs.append(attn.attend(0, q, new))
+        assert (attn.buffer.shape[0] == 16) == (decode_first < 0)  # 11 slots, then 6: one buffer of 16 rows
+    assert torch.equal(outs[0], outs[1])

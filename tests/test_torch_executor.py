@@ -352,3 +352,70 @@ def test_cuda_graph_bucketing_pads_with_null_rows_without_changing_logits(models
     assert graphed == plain
     assert_close_logits(graph_logits, plain_logits, tol=1e-5)
     assert (4, 256) in ex.runner.graphs.graphs  # 3 sequences padded to the batch bucket 4, contexts to 256
+
+
+def test_gate_up_fusion_keeps_the_state_dict_and_one_copy_of_the_weights():
+    """The executor fuses each MLP's fc and gate into one (2I, H) tensor after the CPU's column-major
+    re-layout: fc.weight and gate.weight become its halves, the state_dict reads as before, and a
+    layer whose halves were replaced runs its two matmuls again, with the same tokens."""
+    from fathom.runtime.model_weights import fuse_gate_up
+
+    model = load_model(resolve_model("random:tiny"), "float32", "cpu", max_seq_len=256)
+    want = {k: v.clone() for k, v in model.state_dict().items()}
+    prompts = prompts_for(model, (13, 6), seed=3)
+    params = SamplingParams(max_new_tokens=6)
+    unfused = reference_alone(model, prompts, params)
+    torch_executor(model)
+    I, mlps = model.cfg.intermediate_size, [layer.mlp for layer in model.transformer.layers]
+    fused = [mlp.fused_weight() for mlp in mlps]
+    for mlp, w in zip(mlps, fused):
+        assert w is not None and w.shape == (2 * I, model.cfg.hidden_size) and w.stride() == (1, 2 * I)
+        assert mlp.fc.weight.data_ptr() == w.data_ptr() and mlp.gate.weight.data_ptr() == w[I:].data_ptr()
+    got = model.state_dict()
+    assert list(got) == list(want) and all(torch.equal(got[k], want[k]) for k in want)
+    fuse_gate_up(model)
+    assert all(mlp.fused_weight() is w for mlp, w in zip(mlps, fused))
+    mlps[0].gate.weight.data = mlps[0].gate.weight.data.clone()
+    assert mlps[0].fused_weight() is None
+    assert reference_alone(model, prompts, params) == unfused
+    requests = [Request(str(i), p, params) for i, p in enumerate(prompts)]
+    assert tokens(collect(torch_executor(model), requests)) == unfused
+    assert mlps[0].fused_weight().stride() == (1, 2 * I)
+
+
+def test_consecutive_blocks_are_read_in_place_and_scattered_ones_gathered(models):
+    """A lone sequence whose blocks follow each other in the pool is planned for in-place reads (its
+    first slot); one whose blocks interleaved with another's is gathered; tokens equal the reference's."""
+    model = models["tiny"]
+    prompts = prompts_for(model, (9, 9), seed=4)
+    short, long = SamplingParams(max_new_tokens=8), SamplingParams(max_new_tokens=16)
+    ex = torch_executor(model, max_num_tokens=16, max_num_seqs=2, block_size=4)
+    plans = []
+    run = ex.runner.run
+    ex.runner.run = lambda step, data: plans.append(step) or run(step, data)
+    got = tokens(collect(ex, [Request("alone", prompts[0], long)]))
+    assert all(p.decode_first_slot == 4 for p in plans if p.num_decodes)  # blocks 1, 2, 3, ...: slots from 4
+    assert all(c[4] == 4 for p in plans for c in p.chunks)
+    plans.clear()
+    got.update(tokens(collect(ex, [Request("a", prompts[0], short), Request("b", prompts[1], long)])))
+    # b decodes alone once a is done, over blocks that interleaved with a's
+    assert any(p.num_decodes == 1 and p.decode_first_slot == -1 for p in plans)
+    want_long = reference_alone(model, prompts, long)
+    assert got == {"alone": want_long["0"], "a": want_long["0"][:8], "b": want_long["1"]}
+
+
+def test_block_manager_tracks_whether_a_sequences_blocks_are_consecutive():
+    from fathom.build.config import preset
+    from fathom.runtime.block_manager import BlockManager
+    from fathom.runtime.paged_kv import PagedKVCache
+    from fathom.runtime.scheduler import Sequence
+
+    cache = PagedKVCache(preset("tiny"), 4, 8, torch.float32, torch.device("cpu"), 2, 32)
+    blocks = BlockManager(cache, 2, prefix_reuse=False)
+    s, t = (Sequence(Request(rid, [1] * 9), [1] * 9, None, order=i) for i, rid in enumerate("st"))
+    blocks.admit(s, [])
+    blocks.admit(t, [])
+    assert blocks.grow(s) and blocks.grow(s) and s.blocks == [1, 2] and s.consecutive
+    assert blocks.grow(t) and blocks.grow(s) and s.blocks == [1, 2, 4] and not s.consecutive and t.consecutive
+    blocks.release(s)
+    assert s.blocks == [] and s.consecutive
