@@ -21,9 +21,10 @@ Why it looks like this:
   slot-table sizes are dynamic (`maybe_mark_dynamic`), so one graph serves every S and every cache.
   Dynamo specializes a size of 1, so a process compiles two graphs per model and KV format: batch
   1, and every other batch. `decode_logits` is compiled once per process and its graphs are shared
-  by every `CompiledDecoder` of a same-shaped model (dynamo's guards tell models apart; past
-  dynamo's recompile limit, 8 graphs, a further shape would run uncompiled); `fullgraph=True`
-  turns any graph break in the model code into an error instead of a slow step.
+  by every `CompiledDecoder` of a same-shaped model (dynamo's guards tell models apart, and the
+  intra-op thread count: it is part of the graph's global state); past RECOMPILE_LIMIT graphs a
+  step is a one-line error. `fullgraph=True` turns any graph break in the model code into an error
+  instead of a slow step.
 - CUDA: `CudaGraphDecoder` captures `CompiledDecoder.step` when CUDA graphs are on too (the
   compiled Triton kernels replayed as one graph per batch and context bucket).
 - What it refuses (a one-line ConfigError, before any step): tensor parallelism, quantized linear
@@ -55,6 +56,7 @@ KERNEL = "inductor_paged_reduction"  # describe()'s name for the decode attentio
 # a Fathom-size layer (40 x 128 float32 per chunk) add ~4% to its 16K-context KV read; CUDA-graph
 # context buckets (powers of two from 256) are whole chunks.
 CHUNK_TOKENS = {"cpu": 64, "cuda": 256}
+RECOMPILE_LIMIT = 64  # graphs of `decode_logits` per process (see compiled_decode_logits)
 
 
 def compile_unavailable(device: torch.device) -> str | None:
@@ -172,6 +174,10 @@ class GraphCount:
 def compiled_decode_logits() -> tuple[Callable[..., torch.Tensor], GraphCount]:
     """`decode_logits` compiled, once per process, and its graph counter."""
     count = GraphCount()
+    # Each model shape, KV format and intra-op thread count gets graphs of its own (two each); a
+    # process that runs several models (a benchmark) passes dynamo's default limit of 8, which
+    # fullgraph=True turns into a failure.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     return torch.compile(decode_logits, fullgraph=True, backend=count), count
 
 
@@ -212,6 +218,9 @@ class CompiledDecoder:
         try:
             logits = self.fn(self.model, self.weights, self.cache.kv, self.cache.slot_table, self.cache.kv_quant, ids,
                              positions, rows, chunks)
+        except torch._dynamo.exc.FailOnRecompileLimitHit as e:
+            raise FathomError(f"compile: this process already compiled {RECOMPILE_LIMIT} decode graphs (two per model "
+                              "shape, KV format and thread count); run further models in another process") from e
         except torch._dynamo.exc.BackendCompilerFailed as e:
             cause = str(e.inner_exception).strip().splitlines() or [type(e.inner_exception).__name__]
             raise FathomError(f"compile: inductor could not compile the decode step ({cause[0]}); "

@@ -38,8 +38,9 @@ Why it is laid out this way:
   again (a fresh allocation that large is mmap'ed and page-faulted on every call). A single SDPA
   over the whole batch with a block-diagonal mask, the other batched layout tried, was slower
   still at batch 8 (compute grows with the batch squared). On CUDA a gather adds a read and a
-  write of the context to attention's own read (plain PyTorch has no kernel that reads the pools
-  through a block table).
+  write of the context to attention's own read. Decode steps that read every sequence's blocks
+  where they are, batched, on the CPU and CUDA alike: `--compile` (fathom.runtime.compiled_decode,
+  inductor's fused kernels index the pool through the slot table).
 - Storage format (fathom.build.precision.KvCacheFormat): the model dtype, or fp8 / int8 with one
   scale per layer shared by K and V (TRT-LLM's `kv_cache_scaling_factor`), quantized and
   dequantized by fathom.build.quant.kv_cache.KVCacheQuant (stored = value / scale, read back as
