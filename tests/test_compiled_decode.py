@@ -270,3 +270,15 @@ def test_gpu_check_compares_the_attention_kernels_and_eager_with_compiled_decode
     for part in (late["attention_kernels"], late["compiled_decode"], late["fp8"]):
         assert part["skipped"].startswith("time budget: ")
     assert late["bf16"]["decode"]  # the first part always runs
+
+
+@needs_compiler
+def test_past_the_recompile_limit_a_step_is_one_line_naming_the_limit(model, monkeypatch):
+    import torch._dynamo
+
+    ex = executor(model, True)
+    greedy(ex, prompts_for(model.cfg.vocab_size, [4], seed=5), [3], "l")  # the shape's graphs exist
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    other = load_model(resolve_model("random:tiny-mha"), "float32", "cpu", max_seq_len=MAX_SEQ_LEN)  # a new shape
+    with pytest.raises(FathomError, match=r"^compile: this process already compiled 64 decode graphs .*another process$"):
+        greedy(executor(other, True), [[1, 2, 3]], [3], "m")
