@@ -10,8 +10,10 @@ Fathom's 152,064-token vocabulary already makes it 10 GB per prompt.
 
 Flags are those of TensorRT 10's trtexec (samples/common/sampleOptions.cpp): `--profile=N` before
 each profile's `--minShapes/--optShapes/--maxShapes`, shapes as `name:AxBxC`, and `--stronglyTyped`
-so the engine computes in the graph's own dtypes (the --fp16/--bf16 precision flags are deprecated
-in favour of it).
+so the engine computes in the graph's own dtypes instead of the builder choosing precisions per
+layer. trtexec's --fp16/--bf16 flags still exist without a deprecation note in its help from
+TensorRT 10.0 to 10.16; only the builder API's BuilderFlag::kFP16 is marked deprecated, from
+TensorRT 10.12 (include/NvInfer.h).
 """
 
 from __future__ import annotations

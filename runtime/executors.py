@@ -69,9 +69,10 @@ def check_tensor_parallel(name: str, tp: int) -> None:
                           "(a TensorRT-LLM engine carries its own mapping)")
 
 
-def _open_onnx(source: ModelSource, dtype: str, device: str | None, max_seq_len: int, eos_ids: list[int] | None,
-               threads: int | None):
-    """The onnx executor on the graph's own dtype (`dtype` must be it); `device` None: cpu."""
+def _open_onnx(source: ModelSource, dtype: str, device: str | None, max_seq_len: int | None,
+               eos_ids: list[int] | None, threads: int | None):
+    """The onnx executor on the graph's own dtype (`dtype` must be it); `device` None: cpu;
+    `max_seq_len` at most the graph's positions, None: all of them."""
     from .onnx_executor import OnnxExecutor, OnnxSessionModel
 
     graph_dtype = source.config.torch_dtype
@@ -95,12 +96,13 @@ def check_compile(name: str, tp: int, compile: bool) -> None:
 
 
 def create_executor(name: str, source: ModelSource, dtype: str = "float32", device: str | None = None,
-                    max_seq_len: int = DEFAULT_MAX_SEQ_LEN, eos_ids: list[int] | None = None, threads: int | None = None,
+                    max_seq_len: int | None = DEFAULT_MAX_SEQ_LEN, eos_ids: list[int] | None = None, threads: int | None = None,
                     tp: int = 1, **torch_options):
     """Open `name` on `source`. `auto` picks trtllm for an engine directory, onnx for an exported
     ONNX directory (which runs in its own dtype, on the cpu unless `device` says otherwise) and
     torch otherwise.
 
+    `max_seq_len`: tokens per sequence; None with an ONNX graph: the positions it was exported with.
     `threads`: CPU intra-op threads (None = auto, see set_cpu_threads); per rank with `tp` (auto
     divides the machine's default among the ranks).
     `tp`: tensor-parallel ranks of the torch executor, for a checkpoint converted with that `--tp`

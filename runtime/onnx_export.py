@@ -8,8 +8,10 @@ memory-mapped from its safetensors files). Its graph optimizer (onnxscript.optim
 of weights left unfolded, so every initializer keeps its TensorRT-LLM checkpoint name and layout and
 nothing weight-sized is computed.
 
-The weights are read once, in the source dtype, and cast one tensor at a time. A graph whose weights
-come near protobuf's 2 GiB limit is written with its weights in model.onnx.data (external data).
+The weights are read once, in the source dtype, and cast one tensor at a time; a tied model's
+embedding is written once (fathom.runtime.onnx_model). A graph whose weights reach
+EXTERNAL_DATA_BYTES (protobuf's 2 GiB limit less room for the graph) is written with its weights in
+model.onnx.data (external data).
 Everything is written to a temp sibling of OUT and renamed at the end (fathom.build.atomic):
 model.onnx [+ model.onnx.data], the tokenizer files, fathom-onnx.json. `onnx.checker` runs on the
 written file before the rename.
@@ -37,12 +39,9 @@ from fathom.build.manifest import file_records
 from fathom.build.precision import DTYPES, KvCacheFormat, WeightFormat, check_dtype, dtype_word, torch_dtype
 from fathom.build.sources import ModelSource
 
-from .onnx_manifest import GRAPH_FILE, build_onnx_manifest, graph_io, source_digest, write_onnx_manifest
+from .onnx_manifest import GRAPH_FILE, build_onnx_manifest, graph_io, source_record, write_onnx_manifest
+from .onnx_opsets import check_opset
 
-# torch.onnx's exporter writes opsets 18 (onnxscript's torch library) to 23 (ONNX_MAX_OPSET in
-# torch/onnx/_constants.py, torch 2.13). The default is the newest TensorRT 10.0's ONNX parser reads
-# (onnx/onnx-tensorrt docs/operators.md: opsets 9 to 20), also torch 2.13's own default.
-MIN_OPSET, MAX_OPSET, DEFAULT_OPSET = 18, 23, 20
 # Protobuf messages, hence ONNX files with the weights inside, stay under 2 GiB; the graph needs room too.
 EXTERNAL_DATA_BYTES = (2 << 30) - (64 << 20)
 UNQUANTIZED = tuple(f.value for f in WeightFormat if not f.quantized)
@@ -51,8 +50,9 @@ UNQUANTIZED = tuple(f.value for f in WeightFormat if not f.quantized)
 @dataclass(frozen=True)
 class OnnxExportOptions:
     dtype: str | None = None  # None: the source's dtype
-    opset: int | None = None  # None: DEFAULT_OPSET
-    max_seq_len: int = DEFAULT_MAX_SEQ_LEN  # RoPE table rows; trtexec profiles
+    opset: int | None = None  # None: onnx_opsets.DEFAULT_OPSET
+    max_seq_len: int | None = None  # RoPE table rows, trtexec profiles; None: DEFAULT_MAX_SEQ_LEN, or the
+    # model's max_position_embeddings when smaller
     force: bool = False
 
 
@@ -63,11 +63,8 @@ def check_export(source: ModelSource, out: Path, options: OnnxExportOptions) -> 
         raise ConfigError(f"{source.spec}: fathom export onnx needs a Hugging Face model, a fathom checkpoint, "
                           f"`demo` or random:<preset>, not a {source.kind} directory")
     dtype = check_dtype(options.dtype or source.config.torch_dtype, "--dtype")
-    opset = DEFAULT_OPSET if options.opset is None else options.opset
-    if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise ConfigError(f"--opset {opset}: expected {MIN_OPSET} to {MAX_OPSET} (torch.onnx's exporter)")
-    if options.max_seq_len < 2:
-        raise ConfigError(f"--max-seq-len {options.max_seq_len}: expected >= 2")
+    opset = check_opset(options.opset)
+    max_seq_len = _graph_positions(source, options.max_seq_len)
     if source.kind == "checkpoint":
         from fathom.build.checkpoint import read_checkpoint
 
@@ -82,7 +79,19 @@ def check_export(source: ModelSource, out: Path, options: OnnxExportOptions) -> 
         src_dir, out_dir = source.path.resolve(), out.resolve()
         if out_dir == src_dir or out_dir in src_dir.parents:
             raise ConfigError(f"{out}: would replace the source model {source.path}; choose another OUT")
-    return dtype, opset, min(options.max_seq_len, source.config.max_position_embeddings)
+    return dtype, opset, max_seq_len
+
+
+def _graph_positions(source: ModelSource, requested: int | None) -> int:
+    """The graph's positions: `requested`, which the model must hold, or by default DEFAULT_MAX_SEQ_LEN
+    capped at the model's max_position_embeddings."""
+    limit = source.config.max_position_embeddings
+    if requested is None:
+        return min(DEFAULT_MAX_SEQ_LEN, limit)
+    if not 2 <= requested <= limit:
+        raise ConfigError(f"--max-seq-len {requested}: expected 2 to {limit} "
+                          f"({source.spec}'s max_position_embeddings)")
+    return requested
 
 
 def export_tensors(source: ModelSource, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -144,7 +153,7 @@ def _export_graph(source: ModelSource, dtype: str, max_seq_len: int, opset: int,
 
     cfg = source.config
     model = OnnxQwen2.from_state_dict(cfg, export_tensors(source, torch_dtype(dtype)), max_seq_len)
-    weight_bytes = sum({t.data_ptr(): t.nbytes for t in model.state_dict().values()}.values())  # tied: once
+    weight_bytes = sum(t.nbytes for t in model.state_dict().values())
     layers = cfg.num_hidden_layers
     with _quiet_exporter():
         program = torch.onnx.export(model, example_inputs(cfg, torch_dtype(dtype)), dynamo=True, optimize=False,
@@ -182,8 +191,7 @@ def export_onnx(source: ModelSource, out: str | Path,
         source_files = hashing.result()
         model = {**source.config.to_hf_dict(), "torch_dtype": dtype}
         manifest = build_onnx_manifest(
-            source={"spec": source.spec, "kind": source.kind, "files": source_files,
-                    "sha256": source_digest(source_files)},
+            source=source_record(source, source_files),
             model=model, dtype=dtype, opset=opset, max_seq_len=max_seq_len, external_data=external,
             inputs=inputs, outputs=outputs, files=file_records(written, tmp),
             exporter={"method": "torch.onnx.export(dynamo=True)", "torch": torch.__version__,

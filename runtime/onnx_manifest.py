@@ -4,7 +4,7 @@ The graph's inputs and outputs (names, shapes with the dynamic axes named, dtype
 from the written model.onnx, so the manifest describes the file as it is; `model` is the Hugging
 Face style config the directory resolves to as a MODEL (fathom.build.sources, kind "onnx"), with
 `torch_dtype` the graph's dtype; `source` names the model it came from, with a sha256 of each of its
-files and one over them all.
+files and one sha256 that identifies its weights (`sha256_of` says what that one hashes).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 from fathom.build.config import read_json
 from fathom.build.errors import CheckpointError
 from fathom.build.manifest import utc_now_iso
-from fathom.build.sources import ONNX_MANIFEST_NAME
+from fathom.build.sources import ONNX_MANIFEST_NAME, ModelSource
 
 FORMAT = "fathom-onnx"
 FORMAT_VERSION = 1
@@ -47,6 +47,19 @@ def source_digest(files: list[dict]) -> str | None:
         return None
     lines = "".join(f"{f['name']}\t{f['sha256']}\n" for f in sorted(files, key=lambda f: f["name"]))
     return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def source_record(source: ModelSource, files: list[dict]) -> dict[str, Any]:
+    """The manifest's `source`: spec, kind, its file records and a sha256 identifying the weights.
+    `sha256_of` names what is hashed: "files" (`source_digest` of the file records) for a directory;
+    "config+seed" for random:<preset>, whose weights are drawn from its config and seed: the sha256 of
+    the canonical JSON {"config": the Hugging Face config, "seed": the seed}."""
+    record = {"spec": source.spec, "kind": source.kind, "files": files}
+    if source.kind == "random":
+        drawn_from = {"config": source.config.to_hf_dict(), "seed": source.seed}
+        text = json.dumps(drawn_from, sort_keys=True, separators=(",", ":"))
+        return {**record, "sha256": hashlib.sha256(text.encode()).hexdigest(), "sha256_of": "config+seed"}
+    return {**record, "sha256": source_digest(files), "sha256_of": "files"}
 
 
 def build_onnx_manifest(*, source: dict[str, Any], model: dict[str, Any], dtype: str, opset: int, max_seq_len: int,

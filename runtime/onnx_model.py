@@ -16,7 +16,9 @@ every key is masked attends uniformly, so padding rows stay finite.
 
 The weights carry fathom's TensorRT-LLM checkpoint names (`transformer.layers.{i}.attention.qkv.weight`,
 ...), which become the ONNX initializer names; `from_state_dict` takes tensors by those names (a
-checkpoint's, or a `Qwen2Model.state_dict()`) without copying them. Inference only.
+checkpoint's, or a `Qwen2Model.state_dict()`) without copying them. A model with tied embeddings
+(`tie_word_embeddings`) has no lm_head parameter: its output projection reads the embedding, so the
+graph holds that matrix once. Inference only.
 """
 
 from __future__ import annotations
@@ -129,18 +131,19 @@ class OnnxQwen2(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.transformer = Transformer(cfg)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.register_buffer("rope_cos", torch.empty(max_positions, cfg.head_dim))
         self.register_buffer("rope_sin", torch.empty(max_positions, cfg.head_dim))
 
     @classmethod
     def from_state_dict(cls, cfg: ModelConfig, state: dict[str, torch.Tensor], max_positions: int) -> "OnnxQwen2":
-        """Share the tensors of `state` (TensorRT-LLM names, one floating dtype; without
-        lm_head.weight, lm_head reads the embedding); the RoPE tables are made in that dtype."""
+        """Share the tensors of `state` (TensorRT-LLM names, one floating dtype; a tied model's
+        lm_head.weight, if there, is left out); the RoPE tables are made in that dtype."""
         with torch.device("meta"):
             model = cls(cfg, max_positions)
         state = dict(state)
-        state.setdefault("lm_head.weight", state["transformer.vocab_embedding.weight"])
+        if cfg.tie_word_embeddings:
+            state.pop("lm_head.weight", None)
         dtype = state["transformer.vocab_embedding.weight"].dtype
         state["rope_cos"], state["rope_sin"] = rope_tables(cfg, max_positions, dtype)
         model.load_state_dict(state, strict=True, assign=True)
@@ -149,22 +152,25 @@ class OnnxQwen2(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                 past: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         t = self.transformer
+        (B, T), P = input_ids.shape, past[0].shape[2]
         x = t.vocab_embedding(input_ids)  # (B, T, H)
         cos = F.embedding(position_ids, self.rope_cos).unsqueeze(1)  # (B, 1, T, D)
         sin = F.embedding(position_ids, self.rope_sin).unsqueeze(1)
-        mask = causal_padding_mask(attention_mask, input_ids.shape[1], past[0].shape[2])
+        # A mask of another shape than (B, P + T) fails in this Reshape instead of broadcasting.
+        mask = causal_padding_mask(attention_mask.reshape(B, P + T), T, P)
         present = []
         for i, layer in enumerate(t.layers):
             x, k, v = layer(x, cos, sin, mask, past[2 * i], past[2 * i + 1])
             present += [k, v]
-        logits = self.lm_head(t.ln_f(x)).float()
+        head = t.vocab_embedding.weight if self.lm_head is None else self.lm_head.weight
+        logits = F.linear(t.ln_f(x), head).float()
         return (logits, *present)
 
 
 def causal_padding_mask(attention_mask: torch.Tensor, T: int, P) -> torch.Tensor:
     """(B, 1, 1, T, P + T) bool: key column j is visible to new token t when attention_mask marks it
-    a real token and j <= P + t."""
-    cols = torch.arange(attention_mask.shape[1], device=attention_mask.device)  # (P + T,)
+    a real token and j <= P + t; attention_mask is (B, P + T)."""
+    cols = torch.arange(P + T, device=attention_mask.device)  # (P + T,)
     rows = torch.arange(T, device=attention_mask.device) + P  # (T,)
     causal = cols[None, :] <= rows[:, None]  # (T, P + T)
     return (causal[None] & attention_mask.bool()[:, None, :])[:, None, None]

@@ -1,6 +1,8 @@
-"""`fathom export onnx`: the graph against the PyTorch executor in onnxruntime, its manifest, the onnx
-executor behind the CLI, the trtexec profiles, and bad input refused with nothing left behind."""
+"""`fathom export onnx`: the graph against the PyTorch executor in onnxruntime (float32, float16), its
+dtypes and manifest, tied embeddings, the trtexec profiles, and bad input refused with nothing left
+behind. The onnx executor that runs the exported graph: tests/test_onnx_executor.py."""
 
+import hashlib
 import json
 import random
 
@@ -18,8 +20,10 @@ from fathom.runtime.cli import main
 from fathom.runtime.executor import Request, collect
 from fathom.runtime.loader import load_model
 from fathom.runtime.model import CausalAttention
-from fathom.runtime.onnx_manifest import read_onnx_manifest
+from fathom.runtime.onnx_export import OnnxExportOptions, check_export
+from fathom.runtime.onnx_manifest import read_onnx_manifest, source_record
 from fathom.runtime.onnx_model import input_names, output_names
+from fathom.runtime.onnx_opsets import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from fathom.runtime.sampling import SamplingParams
 from fathom.runtime.torch_executor import TorchExecutor
 from logits_recorder import record_logits
@@ -42,7 +46,8 @@ def run_graph(sess, ids, mask, positions, past):
     for i, spec in enumerate(cfg_inputs[3:]):
         if past is None:
             _, heads, _, dim = spec.shape
-            feed[spec.name] = np.zeros((feed["input_ids"].shape[0], heads, 0, dim), np.float32)
+            dtype = np.float16 if spec.type == "tensor(float16)" else np.float32
+            feed[spec.name] = np.zeros((feed["input_ids"].shape[0], heads, 0, dim), dtype)
         else:
             feed[spec.name] = past[i]
     logits, *present = sess.run(None, feed)
@@ -160,6 +165,65 @@ def test_initializers_are_the_checkpoint_tensors_by_name_and_layout(demo):
         assert np.array_equal(stored[name], tensor.numpy()), name
 
 
+def test_an_attention_mask_of_another_shape_fails_instead_of_broadcasting(gqa5):
+    _, sess, model = gqa5
+    ids, mask, positions, _ = padded_batch(random_prompts(model.cfg.vocab_size, (6, 4)), "left")
+    for bad_mask in ([row[:1] for row in mask], [row + [1] for row in mask], [row[1:] for row in mask], mask[:1]):
+        with pytest.raises(Exception, match="Reshape"):  # onnxruntime raises its own exception types
+            run_graph(sess, ids, bad_mask, positions, None)
+
+
+def test_a_tied_model_writes_its_embedding_once_and_projects_with_it(onnx_exports):
+    spec = "random:tiny-odd"  # tie_word_embeddings, 6 query heads on 1 KV head
+    directory = onnx_exports(spec)
+    model = load_model(resolve_model(spec), "float32", "cpu", max_seq_len=256)
+    assert model.cfg.tie_word_embeddings
+    graph = onnx.load(str(directory / "model.onnx"))
+    stored = {t.name: onnx.numpy_helper.to_array(t) for t in graph.graph.initializer}
+    embedding = stored["transformer.vocab_embedding.weight"]
+    assert "lm_head.weight" not in stored and len(graph.graph.initializer) == len(stored)
+    assert [name for name, t in stored.items() if t.size >= embedding.size] == ["transformer.vocab_embedding.weight"]
+    assert np.array_equal(embedding, model.state_dict()["transformer.vocab_embedding.weight"].numpy())
+    prompts = random_prompts(model.cfg.vocab_size, (5, 13), seed=1)
+    ids, mask, positions, _ = padded_batch(prompts, "right")
+    logits, _ = run_graph(session(directory), ids, mask, positions, None)
+    for row, p in enumerate(prompts):
+        assert np.abs(logits[row, :len(p)] - torch_logits(model, p)).max() <= TOL
+
+
+@pytest.mark.parametrize("dtype, onnx_type", [("float16", onnx.TensorProto.FLOAT16),
+                                              ("bfloat16", onnx.TensorProto.BFLOAT16)])
+def test_a_16_bit_export_keeps_weights_and_kv_in_that_dtype_and_logits_in_float32(gqa5, onnx_exports, dtype,
+                                                                                  onnx_type):
+    directory, model = onnx_exports(GQA5, dtype), gqa5[2]
+    onnx.checker.check_model(str(directory / "model.onnx"), full_check=True)
+    manifest = read_onnx_manifest(directory)
+    assert manifest["dtype"] == dtype == manifest["model"]["torch_dtype"]
+    dtypes = {t["name"]: t["dtype"] for t in manifest["inputs"] + manifest["outputs"]}
+    assert dtypes.pop("logits") == "float32"
+    assert {dtypes.pop(name) for name in ("input_ids", "attention_mask", "position_ids")} == {"int64"}
+    assert set(dtypes.values()) == {dtype} and len(dtypes) == 4 * model.cfg.num_hidden_layers
+    initializers = {t.name: t for t in onnx.load(str(directory / "model.onnx")).graph.initializer}
+    state = model.state_dict()
+    assert {initializers[name].data_type for name in [*state, "rope_cos", "rope_sin"]} == {onnx_type}
+    for name, tensor in state.items():  # the float32 weights cast once, bit for bit
+        stored = onnx.numpy_helper.to_array(initializers[name]).view(np.int16)
+        assert np.array_equal(stored, tensor.to(getattr(torch, dtype)).view(torch.int16).numpy()), name
+
+
+def test_a_float16_graph_runs_in_onnxruntime_close_to_the_pytorch_model(gqa5, onnx_exports):
+    _, _, model = gqa5
+    sess = session(onnx_exports(GQA5, "float16"))
+    prompts = random_prompts(model.cfg.vocab_size, (5, 17, 11))
+    ids, mask, positions, _ = padded_batch(prompts, "left")
+    logits, present = run_graph(sess, ids, mask, positions, None)
+    assert logits.dtype == np.float32 and present[0].dtype == np.float16
+    for row, p in enumerate(prompts):
+        real = [c for c in range(len(ids[0])) if mask[row][c]]
+        # float16 weights and activations against the float32 model (max |logit| about 4): 2.5e-3 measured
+        assert np.abs(logits[row, real] - torch_logits(model, p)).max() <= 1e-2
+
+
 # ---- manifest, files, names ---------------------------------------------------------------------------
 def test_the_manifest_names_every_input_and_output_with_dynamic_axes(demo):
     directory, sess, model = demo
@@ -183,6 +247,7 @@ def test_the_manifest_names_every_input_and_output_with_dynamic_axes(demo):
         assert sha256_file(directory / f["name"]) == f["sha256"]
     assert {"model.onnx", "tokenizer.json"} <= {f["name"] for f in manifest["files"]}
     assert manifest["source"]["kind"] == "hf" and len(manifest["source"]["sha256"]) == 64
+    assert manifest["source"]["sha256_of"] == "files"
     assert {f["name"] for f in manifest["source"]["files"]} == {"config.json", "model.safetensors"}
     onnx.checker.check_model(str(directory / "model.onnx"), full_check=True)
 
@@ -205,54 +270,14 @@ def test_the_directory_and_its_model_onnx_resolve_as_an_onnx_source(demo, tmp_pa
         resolve_model(str(tmp_path / "other.onnx"))
 
 
-# ---- the onnx executor behind the CLI -------------------------------------------------------------------
-PROMPT = "What is 457 + 68? Please reason step by step, and put your final answer within \\boxed{}."
-
-
-def generate_json(*args):
-    result = CliRunner().invoke(main, ["generate", *args, "-p", PROMPT, "--max-new-tokens", "40", "--json"])
-    assert result.exit_code == 0, result.output
-    return json.loads(result.output)
-
-
-def test_generate_runs_the_exported_graph_with_the_same_tokens_and_text(demo):
-    directory = demo[0]
-    want = generate_json("demo", "--executor", "reference", "--dtype", "float32", "--device", "cpu")
-    for spec in (directory / "model.onnx", directory):
-        got = generate_json(str(spec), "--executor", "onnx")
-        assert (got["text"], got["token_ids"]) == (want["text"], want["token_ids"])
-        assert got["executor"]["executor"] == "onnx" and got["executor"]["dtype"] == "float32"
-    assert generate_json(str(directory))["executor"]["executor"] == "onnx"  # auto picks it
-
-
-def test_bench_records_an_onnx_run(demo, tmp_path):
-    out = tmp_path / "runs.jsonl"
-    result = CliRunner().invoke(main, ["bench", str(demo[0]), "--num-requests", "3", "--input-len", "8",
-                                       "--output-len", "5", "--warmup", "0", "--no-profile", "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    record = json.loads(out.read_text())
-    assert record["metrics"]["completed"] == 3
-    env = record["environment"]
-    assert (env["executor"], env["dtype"], env["precision"], env["kv_cache"]) == ("onnx", "float32", "fp32", "model")
-
-
-@pytest.mark.parametrize("args, message", [
-    (["--executor", "torch"], "an exported ONNX directory runs with --executor onnx, not torch"),
-    (["--dtype", "float16"], "--dtype float16: {spec} is an ONNX graph in float32"),
-    (["--tp", "2"], "--tp 2: tensor parallelism is a torch executor option"),
-    (["--device", "cuda"], "--device cuda: this onnxruntime has no CUDAExecutionProvider"),
-    (["--device", "tpu"], "--device 'tpu': expected cpu, cuda or cuda:N"),
-])
-def test_the_onnx_executor_refuses_what_it_cannot_run(demo, args, message):
-    spec = str(demo[0])
-    result = CliRunner().invoke(main, ["generate", spec, "-p", "hi", *args])
-    assert result.exit_code == 1 and message.format(spec=spec) in result.output, result.output
-
-
-def test_the_onnx_executor_needs_an_exported_directory():
-    result = CliRunner().invoke(main, ["generate", "demo", "--executor", "onnx", "-p", "hi"])
-    assert result.exit_code == 1
-    assert "--executor onnx runs an exported ONNX directory (make one with fathom export onnx)" in result.output
+def test_a_random_source_is_identified_by_a_hash_of_its_config_and_seed():
+    specs = ("random:tiny", "random:tiny@7", "random:tiny-odd")
+    records = {spec: source_record(resolve_model(spec), []) for spec in specs}
+    drawn_from = {"config": resolve_model("random:tiny").config.to_hf_dict(), "seed": 0}
+    digest = hashlib.sha256(json.dumps(drawn_from, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    assert records["random:tiny"] == {"spec": "random:tiny", "kind": "random", "files": [], "sha256": digest,
+                                      "sha256_of": "config+seed"}
+    assert len({r["sha256"] for r in records.values()}) == len(specs)
 
 
 # ---- trtexec -----------------------------------------------------------------------------------------------
@@ -262,6 +287,12 @@ def test_trtexec_profiles_cover_prefill_and_decode_to_max_seq_len(demo):
     assert argv[:4] == ["trtexec", "--onnx=m.onnx", "--saveEngine=m.plan", "--stronglyTyped"]
     assert [a for a in argv if a.startswith("--profile=")] == ["--profile=0", "--profile=1"]
     prefill, decode = profiles(16384, 8)
+    assert len(argv) == 4 + 2 * 4
+    for index, profile in enumerate((prefill, decode)):  # each profile's min, opt, max shapes, in that order
+        at = argv.index(f"--profile={index}")
+        assert argv[at + 1:at + 4] == [f"--minShapes={profile.shapes(inputs, 0)}",
+                                       f"--optShapes={profile.shapes(inputs, 1)}",
+                                       f"--maxShapes={profile.shapes(inputs, 2)}"]
     for profile in (prefill, decode):
         for which in range(3):
             shapes = dict(spec.split(":") for spec in profile.shapes(inputs, which).split(","))
@@ -296,7 +327,8 @@ def test_opset_force_and_external_data_over_the_protobuf_limit(tmp_path, monkeyp
     assert sorted(p.name for p in out.iterdir()) == ["fathom-onnx.json", "model.onnx", "model.onnx.data"]
     assert summary["trtexec"][1] == f"--onnx={out.absolute()}/model.onnx"
     manifest = read_onnx_manifest(out)
-    assert manifest["source"] == {"spec": "random:tiny", "kind": "random", "files": [], "sha256": None}
+    assert manifest["source"] == source_record(resolve_model("random:tiny"), [])
+    assert summary["source_sha256"] == manifest["source"]["sha256"]
     graph = onnx.load(str(out / "model.onnx"), load_external_data=False)
     assert [o.version for o in graph.opset_import] == [18]
     external = {t.name for t in graph.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL}
@@ -319,6 +351,7 @@ def convert(tmp_path, name, *args):
     (None, ["--opset", "17"], 1, "--opset 17: expected 18 to 23 (torch.onnx's exporter)"),
     (None, ["--opset", "24"], 1, "--opset 24: expected 18 to 23 (torch.onnx's exporter)"),
     (None, ["--max-seq-len", "1"], 2, "Invalid value for '--max-seq-len'"),
+    (None, ["--max-seq-len", "8192"], 1, "--max-seq-len 8192: expected 2 to 4096 (random:tiny's max_position_embeddings)"),
     (("w8", "--precision", "w8a16"), [], 1,
      "weights are w8a16; fathom export onnx exports unquantized checkpoints (bf16, fp16, fp32)"),
     (("kv8", "--precision", "bf16", "--kv-cache", "int8"), [], 1,
@@ -332,6 +365,21 @@ def test_bad_input_is_one_line_and_leaves_nothing_behind(tmp_path, make, args, c
     assert result.exit_code == code and len(errors) == 1 and message in errors[0], result.output
     assert code == 2 or result.output.strip() == errors[0]  # click's usage lines come only with option errors
     assert sorted(tmp_path.iterdir()) == before
+
+
+def test_max_seq_len_defaults_to_16384_or_the_models_positions_when_fewer(tmp_path):
+    def positions(spec, **options):
+        return check_export(resolve_model(spec), tmp_path / "out", OnnxExportOptions(**options))[2]
+
+    assert (positions("demo"), positions("random:tiny"), positions("random:fathom-r1-14b")) == (16384, 4096, 16384)
+    assert (positions("random:tiny", max_seq_len=4096), positions("random:fathom-r1-14b", max_seq_len=131072)) == (
+        4096, 131072)
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_opset_help_is_the_exporters_range():
+    result = CliRunner().invoke(main, ["export", "onnx", "--help"])
+    assert f"ONNX opset, {MIN_OPSET} to {MAX_OPSET} [default: {DEFAULT_OPSET}," in " ".join(result.output.split())
 
 
 def test_an_existing_out_needs_force_and_is_left_as_it_was(tmp_path):

@@ -12,6 +12,7 @@ Examples:
 from __future__ import annotations
 
 import click
+from click.core import ParameterSource
 
 from .common import emit_json, is_tty, json_option, runtime_options
 
@@ -47,12 +48,16 @@ def bench(model, executor, dtype, device, tokenizer, threads, max_seq_len, hostf
           output_len, num_requests, batch_size, concurrency, request_rate, warmup, dataset, slo_ttft_ms, slo_tpot_ms,
           endpoint, request_timeout_s, profile, profile_interval_ms, timeseries, out, seed, as_json):
     """Measure TTFT, TPOT, ITL, throughput, memory and energy of MODEL; append a run record."""
+    from fathom.build.sources import resolve_model
     from fathom.runtime.bench import BenchTarget, ProfileOptions, bench_model
     from fathom.runtime.records import default_results_file
     from fathom.runtime.workload import WorkloadSpec
 
     if request_rate == float("inf"):  # vLLM's spelling of "all at once"
         request_rate = None
+    if (endpoint is None and click.get_current_context().get_parameter_source("max_seq_len") is ParameterSource.DEFAULT
+            and resolve_model(model).kind == "onnx"):
+        max_seq_len = None  # the workload's longest prompt + output, at most the graph's positions
     workload = WorkloadSpec(input_len=input_len, output_len=output_len, num_requests=num_requests,
                             batch_size=batch_size, concurrency=concurrency, request_rate=request_rate, warmup=warmup,
                             dataset=dataset, slo_ttft_ms=slo_ttft_ms, slo_tpot_ms=slo_tpot_ms, seed=seed)

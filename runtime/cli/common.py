@@ -39,7 +39,7 @@ def runtime_options(f):
         click.option("--threads", type=click.IntRange(1), default=None, envvar="FATHOM_THREADS",
                      help="CPU threads (default: 1 for small models, where more threads only add overhead)."),
         click.option("--max-seq-len", type=click.IntRange(16), default=DEFAULT_MAX_SEQ_LEN, show_default=True,
-                     help="KV cache capacity per sequence (prompt + output)."),
+                     help="KV cache capacity per sequence (prompt + output); an ONNX graph's positions by default."),
         click.option("--hostfile", type=click.Path(exists=True, dir_okay=False), default=None,
                      help="MPI hostfile for a multi-node engine (trtllm executor): ranks start with "
                           "mpirun -n N --hostfile FILE."),
@@ -72,6 +72,9 @@ def open_runtime(model: str, executor: str, dtype: str, device: str | None, toke
     tok = load_tokenizer(source.tokenizer_dir, model)
     launch_ranks(executor, source, hostfile, tp=tp)
     dtype, device = resolve_run_dtype(dtype, device, source)
+    ctx = click.get_current_context(silent=True)
+    if source.kind == "onnx" and ctx and ctx.get_parameter_source("max_seq_len") is click.core.ParameterSource.DEFAULT:
+        max_seq_len = None  # the graph's own positions; an explicit --max-seq-len above them is refused
     eos = source.config.eos_token_ids or ([tok.eos_token_id] if tok.eos_token_id is not None else [])
     ex = create_executor(executor, source, dtype=dtype, device=device, max_seq_len=max_seq_len, eos_ids=eos,
                          threads=threads, tp=tp, compile=torch_compile, **torch_options)

@@ -7,6 +7,7 @@ import click
 
 from fathom.build.config import DEFAULT_MAX_SEQ_LEN
 from fathom.build.precision import DTYPES
+from fathom.runtime.onnx_opsets import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
 from .common import emit_json, json_option
 
@@ -73,11 +74,14 @@ def trtllm_serve(engine, out, tokenizer, host, port, force, as_json):
 @click.argument("model")
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--dtype", type=click.Choice(DTYPES), default=None,
-              help="Dtype of the weights, the KV cache and the activations [default: the model's].")
+              help="Dtype of the weights, the KV cache and the activations [default: the model's]; onnxruntime "
+                   "(--executor onnx) runs float16 and float32, bfloat16 is for TensorRT.")
 @click.option("--opset", type=int, default=None,
-              help="ONNX opset, 18 to 23 [default: 20, the newest TensorRT 10.0 parses].")
-@click.option("--max-seq-len", type=click.IntRange(2), default=DEFAULT_MAX_SEQ_LEN, show_default=True,
-              help="Positions the graph's RoPE table holds, and the trtexec profiles' sequence length.")
+              help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET} [default: {DEFAULT_OPSET}, the newest TensorRT 10.0 parses].")
+@click.option("--max-seq-len", type=click.IntRange(2), default=None,
+              help="Positions the graph's RoPE table holds, and the trtexec profiles' sequence length, at most the "
+                   f"model's max_position_embeddings [default: {DEFAULT_MAX_SEQ_LEN}, or max_position_embeddings "
+                   "when smaller].")
 @click.option("--max-batch-size", type=click.IntRange(1), default=8, show_default=True,
               help="Sequences of the printed trtexec decode profile.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
@@ -88,14 +92,16 @@ def export_onnx_cmd(model, out, dtype, opset, max_seq_len, max_batch_size, force
     MODEL: a Hugging Face directory, an unquantized fathom checkpoint, `demo` or random:<preset>.
     Inputs input_ids, attention_mask, position_ids, past_key_values.{i}.key/value; outputs logits,
     present.{i}.key/value; batch, sequence and past-sequence axes are dynamic, and the same graph runs
-    prefill (empty past) and decode. OUT gets model.onnx (+ model.onnx.data over 2 GB), the tokenizer
-    files and fathom-onnx.json; nothing is left behind on error. Prints the trtexec command that builds
-    a TensorRT engine with prefill and decode profiles for --max-seq-len tokens. Run the graph with
-    onnxruntime: fathom generate OUT --executor onnx.
+    prefill (empty past) and decode. OUT gets model.onnx (+ model.onnx.data when the weights come near
+    protobuf's 2 GiB limit), the tokenizer files and fathom-onnx.json; nothing is left behind on error.
+    Prints the trtexec command that builds a TensorRT engine with prefill and decode profiles for
+    --max-seq-len tokens. Run a float16 or float32 graph with onnxruntime: fathom generate OUT
+    --executor onnx (bfloat16 graphs are for TensorRT).
 
     \b
         fathom export onnx demo ./demo-onnx --dtype float32
-        fathom export onnx ./Fathom-R1-14B ./fathom-onnx --dtype bfloat16
+        fathom export onnx ./Fathom-R1-14B ./fathom-onnx --dtype float16     # onnxruntime or TensorRT
+        fathom export onnx ./Fathom-R1-14B ./fathom-onnx-bf16 --dtype bfloat16  # TensorRT (trtexec) only
     """
     from fathom.build.sources import resolve_model
     from fathom.deploy.trtexec import command_line, trtexec_command
