@@ -21,23 +21,12 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-SAMPLE_INTERVAL_S = 0.02
+from fathom.profiles.process_memory import SAMPLE_INTERVAL_S, AnonPeak, proc_status_bytes
+
 READ_CHUNK_BYTES = 16 << 20
-
-
-def proc_status_bytes(pid: int | str = "self") -> dict[str, int]:
-    """Memory fields of /proc/<pid>/status in bytes (VmHWM, VmRSS, RssAnon, RssFile)."""
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
-                out[key] = int(value.split()[0]) * 1024
-    return out
 
 
 def machine_info() -> dict:
@@ -93,22 +82,11 @@ def child_convert(src: str, out: str, tp: int, pp: int, dtype: str) -> None:
     from fathom.build.convert import ConvertOptions, convert
     from fathom.build.sources import resolve_model
 
-    peak_anon = [0]
-    done = threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak_anon[0] = max(peak_anon[0], proc_status_bytes()["RssAnon"])
-            time.sleep(SAMPLE_INTERVAL_S)
-
     baseline = proc_status_bytes()
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    result = convert(resolve_model(src), out, ConvertOptions(dtype=dtype, tp=tp, pp=pp, force=True))
-    done.set()
-    sampler.join()
+    with AnonPeak() as anon:
+        result = convert(resolve_model(src), out, ConvertOptions(dtype=dtype, tp=tp, pp=pp, force=True))
     status = proc_status_bytes()
-    print(json.dumps({"convert": result, "peak_rss_bytes": status["VmHWM"], "peak_anon_bytes": peak_anon[0],
+    print(json.dumps({"convert": result, "peak_rss_bytes": status["VmHWM"], "peak_anon_bytes": anon.peak_bytes,
                       "baseline_anon_bytes": baseline["RssAnon"], "anon_sample_interval_s": SAMPLE_INTERVAL_S}))
 
 

@@ -24,43 +24,16 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-SAMPLE_INTERVAL_S = 0.02
-STATUS_FIELDS = ("VmHWM", "VmRSS", "RssAnon", "RssFile")
-
-
-def proc_status_bytes() -> dict[str, int]:
-    """Memory fields of /proc/self/status in bytes."""
-    out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in STATUS_FIELDS:
-                out[key] = int(value.split()[0]) * 1024
-    return out
-
-
-def reset_peak_rss() -> None:
-    """Set VmHWM back to the current RSS (Linux: proc(5), /proc/pid/clear_refs)."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
+from fathom.profiles.process_memory import SAMPLE_INTERVAL_S, AnonPeak, proc_status_bytes, reset_peak_rss
 
 
 def child_export(spec: str, out: str, dtype: str) -> None:
     """Runs in a fresh process: export and print one JSON line of memory by phase."""
     import fathom.runtime.onnx_export as onnx_export
     from fathom.build.sources import resolve_model
-
-    peak_anon = [0]
-    done = threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak_anon[0] = max(peak_anon[0], proc_status_bytes()["RssAnon"])
-            time.sleep(SAMPLE_INTERVAL_S)
 
     phases = {"start": proc_status_bytes()}
     load = onnx_export.export_tensors
@@ -73,13 +46,10 @@ def child_export(spec: str, out: str, dtype: str) -> None:
         return tensors
 
     onnx_export.export_tensors = measured_load  # the phase boundary; the export itself is unchanged
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    result = onnx_export.export_onnx(resolve_model(spec), out, onnx_export.OnnxExportOptions(dtype=dtype, force=True))
-    done.set()
-    sampler.join()
+    with AnonPeak() as anon:
+        result = onnx_export.export_onnx(resolve_model(spec), out, onnx_export.OnnxExportOptions(dtype=dtype, force=True))
     phases["written"] = proc_status_bytes()
-    print(json.dumps({"export": result, "phases": phases, "peak_anon_bytes": peak_anon[0]}))
+    print(json.dumps({"export": result, "phases": phases, "peak_anon_bytes": anon.peak_bytes}))
 
 
 def main(argv: list[str] | None = None) -> None:

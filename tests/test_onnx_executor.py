@@ -18,7 +18,7 @@ from fathom.runtime.loader import load_model
 from fathom.runtime.onnx_executor import OnnxExecutor, OnnxSessionModel, session_providers
 from fathom.runtime.reference import ReferenceExecutor
 from fathom.runtime.sampling import SamplingParams
-from test_torch_executor import prompts_for, reference_alone, tokens
+from test_torch_executor import check_cancel_of_one_request, prompts_for, reference_alone
 
 GRAPH_POSITIONS = 256  # conftest's onnx_exports
 
@@ -48,25 +48,8 @@ def onnx_executor(directory, eos_ids=(), max_seq_len=None):
 # ---- the executor interface, against the unbatched reference ---------------------------------------------
 def test_cancel_ends_one_request_and_frees_the_batch(tiny):
     directory, model = tiny
-    prompts = prompts_for(model, (12, 30, 7), seed=4)
-    params = SamplingParams(max_new_tokens=15)
-    want = reference_alone(model, prompts, params)
     ex = onnx_executor(directory)
-    for i, p in enumerate(prompts):
-        ex.submit(Request(str(i), p, params))
-    events: dict[str, list] = {}
-    for step in range(100):
-        if step == 5:
-            ex.cancel("1")
-        for ev in ex.step():
-            events.setdefault(ev.request_id, []).append(ev)
-        if not ex.has_pending():
-            break
-    last = events["1"][-1]
-    assert last.finish_reason == "cancelled" and last.token_id is None
-    got = tokens(events)
-    assert got["1"][:-1] == want["1"][:len(got["1"]) - 1]
-    assert got["0"] == want["0"] and got["2"] == want["2"]
+    check_cancel_of_one_request(ex, model)
     assert ex.kv_usage().used_tokens == 0 and ex.cache is None and not ex.cancelled
 
 
