@@ -22,6 +22,7 @@ from fathom.runtime.loader import load_model
 from fathom.runtime.sampling import SamplingParams
 from fathom.runtime.torch_executor import TorchExecutor, executor_config
 from logits_recorder import record_logits
+from test_torch_executor import eager_replay_decoder
 
 CANNOT_COMPILE = compiled_decode.compile_unavailable(torch.device("cpu"))
 needs_compiler = pytest.mark.skipif(CANNOT_COMPILE is not None,
@@ -151,16 +152,7 @@ def test_a_decode_step_on_a_large_pool_allocates_nothing_of_its_size(runs, model
 def test_cuda_graph_buckets_replay_the_compiled_step(runs, model):
     """CudaGraphDecoder with `decode` = the compiled step, its capture replayed eagerly on the CPU
     (capturing needs CUDA): padded batch, context bucket and static buffers, the eager logits."""
-    from fathom.runtime.cuda_graphs import CudaGraphDecoder
-
-    class EagerReplay(CudaGraphDecoder):
-        def _capture(self, b, S):
-            logits = self._step(b, S)
-
-            class Graph:
-                def replay(_):
-                    logits.copy_(self._step(b, S))
-            return Graph(), logits
+    EagerReplay = eager_replay_decoder()
 
     prompts = prompts_for(model.cfg.vocab_size, [5, 120, 17], seed=10)
     got = {}

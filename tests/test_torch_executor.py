@@ -331,9 +331,9 @@ def test_gpu_check_script_runs_its_whole_code_path_in_smoke_mode(tmp_path):
     assert record["fp8"]["quantization"]["quant_algo"] == "FP8"
 
 
-def test_cuda_graph_bucketing_pads_with_null_rows_without_changing_logits(models):
-    """CudaGraphDecoder's padding, context buckets and static buffers, replayed eagerly on the CPU
-    (the capture itself needs CUDA): the same logits as the plain path, step for step."""
+def eager_replay_decoder():
+    """CudaGraphDecoder whose "graphs" re-run the captured step eagerly (capturing needs CUDA): its
+    padding, context buckets and static buffers, testable on the CPU."""
     from fathom.runtime.cuda_graphs import CudaGraphDecoder
 
     class EagerReplay(CudaGraphDecoder):
@@ -345,6 +345,13 @@ def test_cuda_graph_bucketing_pads_with_null_rows_without_changing_logits(models
                     logits.copy_(self._step(b, S))
             return Graph(), logits
 
+    return EagerReplay
+
+
+def test_cuda_graph_bucketing_pads_with_null_rows_without_changing_logits(models):
+    """CudaGraphDecoder's padding, context buckets and static buffers, replayed eagerly on the CPU
+    (the capture itself needs CUDA): the same logits as the plain path, step for step."""
+    EagerReplay = eager_replay_decoder()
     model = models["tiny-gqa5"]
     prompts = prompts_for(model, (5, 120, 17), seed=10)
     requests = [Request(str(i), p, SamplingParams(max_new_tokens=9)) for i, p in enumerate(prompts)]
