@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="random:tiny on the CPU, short contexts: the code path only")
     ap.add_argument("--skip-fp8", action="store_true")
-    ap.add_argument("--budget-s", type=float, default=360.0,
+    ap.add_argument("--budget-s", type=float, default=300.0,
                     help="skip a later part (attention kernels, compiled decode, fp8) that would end past this")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)

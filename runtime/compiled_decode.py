@@ -219,8 +219,9 @@ class CompiledDecoder:
             logits = self.fn(self.model, self.weights, self.cache.kv, self.cache.slot_table, self.cache.kv_quant, ids,
                              positions, rows, chunks)
         except torch._dynamo.exc.FailOnRecompileLimitHit as e:
-            raise FathomError(f"compile: this process already compiled {RECOMPILE_LIMIT} decode graphs (two per model "
-                              "shape, KV format and thread count); run further models in another process") from e
+            limit = torch._dynamo.config.recompile_limit
+            raise FathomError(f"compile: this process reached dynamo's recompile limit of {limit} decode graphs (two "
+                              "per model shape, KV format and thread count); run further models in another process") from e
         except torch._dynamo.exc.BackendCompilerFailed as e:
             cause = str(e.inner_exception).strip().splitlines() or [type(e.inner_exception).__name__]
             raise FathomError(f"compile: inductor could not compile the decode step ({cause[0]}); "

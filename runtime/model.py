@@ -93,7 +93,12 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: torch.Tensor, width: to
     eps + sum(x^2) / width in one addcdiv, bit for bit (`mean` divides its sum by the width too, at
     twice the cost of a sum on a CPU). torch 2.13 has no fused kernel to use instead on the CPU:
     F.rms_norm and aten::_fused_rms_norm run these same ops (measured no faster), and there is no
-    fused residual add + RMSNorm."""
+    fused residual add + RMSNorm. On CUDA `mean` multiplies its sum by 1/width instead (a different
+    rounding), so there it stays `mean`, as HF's."""
+    if x.is_cuda:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+        return weight * h.to(x.dtype)
     if x.dtype == torch.float32:
         return x * torch.rsqrt(torch.addcdiv(eps, (x * x).sum(-1, keepdim=True), width)) * weight  # x * x == x.pow(2)
     h = x.float()
@@ -164,9 +169,9 @@ class QwenMLP(nn.Module):
         """`gate_up` while fc.weight and gate.weight are still its halves (a move or re-layout of either
         makes them tensors of their own again)."""
         w = self.gate_up
-        if w is None or self.fc.weight.data_ptr() != w.data_ptr() \
-                or self.gate.weight.data_ptr() != w[w.shape[0] // 2:].data_ptr():
-            return None
+        if w is not None and (self.fc.weight.data_ptr() != w.data_ptr()
+                              or self.gate.weight.data_ptr() != w[w.shape[0] // 2:].data_ptr()):
+            self.gate_up = w = None  # stale: let the old tensor go
         return w
 
 

@@ -350,14 +350,16 @@ class PagedAttention:
 
     def _read(self, layer: int, slots: torch.Tensor | None, first_slot: int, length: int) -> torch.Tensor:
         """`length` slots' K/V: a view from `first_slot` when `slots` is None, else gathered (on the CPU
-        into the buffer, grown to the next power of two when a step needs more)."""
+        into the buffer, grown to the next power of two when a step needs more, capped at the slot
+        table's size)."""
         cache = self.cache
         if slots is None:
             return cache.read_range(layer, first_slot, length)
         if not self.reuse_buffer:
             return cache.read(layer, slots)
-        if self.buffer.shape[0] < length:
-            self.buffer = self.buffer.new_empty((1 << (length - 1).bit_length(), *self.buffer.shape[1:]))
+        if self.buffer.shape[0] < length:  # at most every row's whole slot-table width
+            size = min(1 << (length - 1).bit_length(), cache.slot_table.numel())
+            self.buffer = self.buffer.new_empty((size, *self.buffer.shape[1:]))
         return cache.read(layer, slots, self.buffer[:length])
 
     def attend(self, layer: int, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:

@@ -129,7 +129,7 @@ class TorchExecutor:
                 "max_seq_len": self.max_seq_len, "prefix_reuse": self.blocks.prefix_reuse, "packed_forward": True,
                 "cuda_graphs": sorted(graphs.graphs) if graphs is not None else None,
                 "torch_compile": compiled is not None,
-                "decode_attention": compiled_decode.KERNEL if compiled is not None else "gather_sdpa",
+                "decode_attention": compiled_decode.KERNEL if compiled is not None else "gather_sdpa_or_view",
                 "compiled_graphs": compiled.graphs_compiled if compiled is not None else None,
                 "threads": torch.get_num_threads(), **describe_model_precision(self.model),
                 "kv_cache_format": self.cache.kv_format.value}  # the cache built, which --kv-cache may override

@@ -47,7 +47,7 @@ def test_quick_record_has_every_case_and_matches_hf(quick_run):
         assert case["reference"]["tokens_match_hf"] is True and case["reference"]["tok_s"] > 0
 
     [bound] = record["memory_bound"]
-    assert bound["threads"] == 1 and bound["target_max_ratio"] == 1.25 and bound["read_all_weights_s"] > 0
+    assert bound["threads"] == 1 and bound["target_max_ratio"] == 1.25 and bound["decode_weights_pass_s"] > 0
     entry = bound["variants"]["eager"]
     check_entry(entry, repeats, "decode_s_per_token", "ratio_to_weights_pass")
     assert entry["met"] == (entry["ratio_to_weights_pass"] <= 1.25)

@@ -106,7 +106,7 @@ def test_a_100_token_decode_compiles_one_graph_for_batch_1_and_one_for_every_lar
     info = runs[True]["describe"]
     assert (info["torch_compile"], info["compiled_graphs"], info["decode_attention"]) == (
         True, 2, compiled_decode.KERNEL)
-    assert (runs[False]["describe"]["torch_compile"], runs[False]["describe"]["decode_attention"]) == (False, "gather_sdpa")
+    assert (runs[False]["describe"]["torch_compile"], runs[False]["describe"]["decode_attention"]) == (False, "gather_sdpa_or_view")
 
 
 @needs_compiler
@@ -272,5 +272,5 @@ def test_past_the_recompile_limit_a_step_is_one_line_naming_the_limit(model, mon
     greedy(ex, prompts_for(model.cfg.vocab_size, [4], seed=5), [3], "l")  # the shape's graphs exist
     monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
     other = load_model(resolve_model("random:tiny-mha"), "float32", "cpu", max_seq_len=MAX_SEQ_LEN)  # a new shape
-    with pytest.raises(FathomError, match=r"^compile: this process already compiled 64 decode graphs .*another process$"):
+    with pytest.raises(FathomError, match=r"^compile: this process reached dynamo's recompile limit of 1 decode graphs .*another process$"):
         greedy(executor(other, True), [[1, 2, 3]], [3], "m")
