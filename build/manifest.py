@@ -64,10 +64,26 @@ def build_manifest(*, source: dict[str, Any], model: dict[str, Any], dtype: str,
     }
 
 
-def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> Path:
-    path = out_dir / MANIFEST_NAME
+def write_json_manifest(path: Path, manifest: dict[str, Any]) -> Path:
+    """Write one of fathom's manifests (checkpoint, engine, ONNX) as indented JSON."""
     path.write_text(json.dumps(manifest, indent=2) + "\n")
     return path
+
+
+def read_json_manifest(path: Path, format: str, required: Iterable[str]) -> dict[str, Any]:
+    """One of fathom's manifests: a JSON object whose "format" is `format` and which has every
+    `required` field; CheckpointError naming the file and field otherwise."""
+    manifest = read_json(path)
+    if manifest.get("format") != format:
+        raise CheckpointError(f"{path}: field 'format' = {manifest.get('format')!r}, expected {format!r}")
+    for key in required:
+        if key not in manifest:
+            raise CheckpointError(f"{path}: missing field {key!r}")
+    return manifest
+
+
+def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> Path:
+    return write_json_manifest(out_dir / MANIFEST_NAME, manifest)
 
 
 def read_manifest(ckpt_dir: Path) -> dict[str, Any] | None:
@@ -75,13 +91,7 @@ def read_manifest(ckpt_dir: Path) -> dict[str, Any] | None:
     path = Path(ckpt_dir) / MANIFEST_NAME
     if not path.exists():
         return None
-    manifest = read_json(path)
-    if manifest.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: field 'format' = {manifest.get('format')!r}, expected '{FORMAT}'")
-    for key in ("ranks", "files", "mapping", "dtype", "quantization"):
-        if key not in manifest:
-            raise CheckpointError(f"{path}: missing field '{key}'")
-    return manifest
+    return read_json_manifest(path, FORMAT, ("ranks", "files", "mapping", "dtype", "quantization"))
 
 
 def check_hashes(ckpt_dir: Path, manifest: dict[str, Any]) -> list[str]:

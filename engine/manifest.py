@@ -14,7 +14,7 @@ from pathlib import Path
 
 from fathom.build.config import read_json
 from fathom.build.errors import CheckpointError, PlanError
-from fathom.build.manifest import sha256_file
+from fathom.build.manifest import read_json_manifest, sha256_file, write_json_manifest
 
 from .gpus import get_gpu, gpu_from_nvml_name
 
@@ -96,9 +96,7 @@ def engine_manifest(spec, built: BuiltSettings, trtllm_version: str, tensorrt_ve
 
 
 def write_engine_manifest(engine_dir: str | Path, manifest: dict) -> Path:
-    path = Path(engine_dir) / MANIFEST_NAME
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
-    return path
+    return write_json_manifest(Path(engine_dir) / MANIFEST_NAME, manifest)
 
 
 def read_engine_manifest(engine_dir: str | Path) -> dict:
@@ -106,13 +104,7 @@ def read_engine_manifest(engine_dir: str | Path) -> dict:
     path = Path(engine_dir) / MANIFEST_NAME
     if not path.is_file():
         raise CheckpointError(f"{path}: no engine manifest (was this engine built by fathom build?)")
-    manifest = read_json(path)
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise CheckpointError(f"{path}: field 'format' = {manifest.get('format')!r}, expected {MANIFEST_FORMAT!r}")
-    for key in ("tensorrt_llm_version", "gpu"):
-        if key not in manifest:
-            raise CheckpointError(f"{path}: missing field {key!r}")
-    return manifest
+    return read_json_manifest(path, MANIFEST_FORMAT, ("tensorrt_llm_version", "gpu"))
 
 
 def engine_ranks(manifest: dict) -> int:

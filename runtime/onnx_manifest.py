@@ -14,9 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fathom.build.config import read_json
 from fathom.build.errors import CheckpointError
-from fathom.build.manifest import utc_now_iso
+from fathom.build.manifest import read_json_manifest, utc_now_iso, write_json_manifest
 from fathom.build.sources import ONNX_MANIFEST_NAME, ModelSource
 
 FORMAT = "fathom-onnx"
@@ -87,9 +86,7 @@ def build_onnx_manifest(*, source: dict[str, Any], model: dict[str, Any], dtype:
 
 
 def write_onnx_manifest(out_dir: Path, manifest: dict[str, Any]) -> Path:
-    path = out_dir / ONNX_MANIFEST_NAME
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
-    return path
+    return write_json_manifest(out_dir / ONNX_MANIFEST_NAME, manifest)
 
 
 def read_onnx_manifest(out_dir: str | Path) -> dict[str, Any]:
@@ -97,10 +94,4 @@ def read_onnx_manifest(out_dir: str | Path) -> dict[str, Any]:
     path = Path(out_dir) / ONNX_MANIFEST_NAME
     if not path.is_file():
         raise CheckpointError(f"{path}: no ONNX manifest (was this directory written by fathom export onnx?)")
-    manifest = read_json(path)
-    if manifest.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: field 'format' = {manifest.get('format')!r}, expected {FORMAT!r}")
-    for key in REQUIRED:
-        if key not in manifest:
-            raise CheckpointError(f"{path}: missing field {key!r}")
-    return manifest
+    return read_json_manifest(path, FORMAT, REQUIRED)
