@@ -29,6 +29,8 @@ from torch import nn
 
 from fathom.build.config import ModelConfig
 
+from .model import QwenAttention, QwenMLP
+
 
 def rope_tables(cfg: ModelConfig, max_positions: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin (max_positions, D) of GPT-NeoX style RoPE (rotate_half) with base rope_theta,
@@ -58,12 +60,12 @@ class RMSNorm(nn.Module):
         return self.weight * h.to(x.dtype)
 
 
-class Attention(nn.Module):
+class Attention(QwenAttention):
+    """The executor model's attention parameters (qkv, dense), computed for the graph."""
+
     def __init__(self, cfg: ModelConfig):
-        super().__init__()
+        super().__init__(cfg)
         self.cfg = cfg
-        self.qkv = nn.Linear(cfg.hidden_size, cfg.q_size + 2 * cfg.kv_size, bias=True)
-        self.dense = nn.Linear(cfg.q_size, cfg.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
                 past_k: torch.Tensor, past_v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -90,13 +92,8 @@ class Attention(nn.Module):
         return self.dense(out), k, v
 
 
-class MLP(nn.Module):
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        # TensorRT-LLM naming: fc = gate_proj (activated), gate = up_proj, proj = down_proj.
-        self.fc = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.gate = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+class MLP(QwenMLP):
+    """The executor model's MLP parameters (fc = gate_proj, gate = up_proj, proj), computed for the graph."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(F.silu(self.fc(x)) * self.gate(x))
